@@ -1,0 +1,258 @@
+//! Domains: configuration, per-domain state and per-vCPU state.
+
+use crate::abi::{DomId, Gfn, DEFAULT_MAX_GRANT_FRAMES, DEFAULT_MAX_MAPTRACK_FRAMES};
+use crate::design::Design;
+use crate::grant::GrantTable;
+use crate::machine::{AddressSpace, P2m, P2mEntry, Tlb};
+use crate::maptrack::Maptrack;
+use crate::sync::{AtomicBool, AtomicU64, AtomicU8, CachePadded, Ordering};
+
+/// Paging mode of a domain, which decides several checks (spec 6.2 steps 2 and 11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum DomainKind {
+    /// Paravirtualised: host mappings are page-table entries at linear addresses.
+    #[default]
+    Pv,
+    /// Translated (HVM/PVH): host mappings are P2M entries at guest-physical addresses.
+    Hvm,
+}
+
+/// How a domain is created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainConfig {
+    /// Unique name.
+    pub name: String,
+    /// Number of vCPUs (at least 1).
+    pub vcpus: u16,
+    /// Paging mode.
+    pub kind: DomainKind,
+    /// Guest frames populated at creation (gfn 0 .. memory_pages).
+    pub memory_pages: u64,
+    /// `max_grant_frames` (at least 1).
+    pub max_grant_frames: u32,
+    /// `max_maptrack_frames` (0 forbids every map, as XSA-380 recommends for plain guests).
+    pub max_maptrack_frames: u32,
+    /// Control domain: may query or set up other domains' tables.
+    pub privileged: bool,
+    /// Size of the host-mapping address space in pages.
+    pub host_pages: u64,
+}
+
+impl DomainConfig {
+    /// A PV domain with Xen's default limits, 1 vCPU and 256 pages of memory.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            vcpus: 1,
+            kind: DomainKind::Pv,
+            memory_pages: 256,
+            max_grant_frames: DEFAULT_MAX_GRANT_FRAMES,
+            max_maptrack_frames: DEFAULT_MAX_MAPTRACK_FRAMES,
+            privileged: false,
+            host_pages: 1 << 20,
+        }
+    }
+    /// Sets the number of vCPUs.
+    pub fn vcpus(mut self, n: u16) -> Self {
+        self.vcpus = n;
+        self
+    }
+    /// Sets the paging mode.
+    pub fn kind(mut self, k: DomainKind) -> Self {
+        self.kind = k;
+        self
+    }
+    /// Sets the populated memory.
+    pub fn memory_pages(mut self, n: u64) -> Self {
+        self.memory_pages = n;
+        self
+    }
+    /// Sets `max_grant_frames`.
+    pub fn max_grant_frames(mut self, n: u32) -> Self {
+        self.max_grant_frames = n;
+        self
+    }
+    /// Sets `max_maptrack_frames`.
+    pub fn max_maptrack_frames(mut self, n: u32) -> Self {
+        self.max_maptrack_frames = n;
+        self
+    }
+    /// Makes the domain a control domain.
+    pub fn privileged(mut self, p: bool) -> Self {
+        self.privileged = p;
+        self
+    }
+    /// Sets the host address-space size in pages.
+    pub fn host_pages(mut self, n: u64) -> Self {
+        self.host_pages = n;
+        self
+    }
+}
+
+/// Life-cycle state (spec 11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DomainState {
+    /// Running.
+    Alive = 0,
+    /// Being torn down (or a zombie kept by foreign mappings).
+    Dying = 1,
+    /// Torn down.
+    Dead = 2,
+}
+
+/// Per-vCPU counters. Each is written only by the thread running the vCPU (a load and a store,
+/// no read-modify-write) and may be read by anyone.
+#[derive(Debug, Default)]
+pub struct VcpuCounters {
+    maps: AtomicU64,
+    fast_maps: AtomicU64,
+    slow_maps: AtomicU64,
+    unmaps: AtomicU64,
+}
+
+/// A snapshot of [`VcpuCounters`], summed over vCPUs by [`Domain::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DomainStats {
+    /// Successful maps.
+    pub maps: u64,
+    /// Successful maps recorded in an inline fast slot.
+    pub fast_maps: u64,
+    /// Successful maps recorded in the maptrack table.
+    pub slow_maps: u64,
+    /// Successful unmap operations.
+    pub unmaps: u64,
+    /// TLB flushes issued by this domain's vCPUs.
+    pub tlb_flushes: u64,
+}
+
+impl VcpuCounters {
+    #[inline]
+    fn bump(c: &AtomicU64) {
+        // Relaxed load + store: single writer (the running vCPU); readers tolerate staleness.
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+    #[inline]
+    pub(crate) fn mapped(&self, fast: bool) {
+        Self::bump(&self.maps);
+        Self::bump(if fast { &self.fast_maps } else { &self.slow_maps });
+    }
+    #[inline]
+    pub(crate) fn unmapped(&self) {
+        Self::bump(&self.unmaps);
+    }
+}
+
+/// State of one vCPU.
+#[derive(Debug, Default)]
+pub(crate) struct VcpuState {
+    /// A context is running on this vCPU.
+    pub(crate) running: AtomicBool,
+    pub(crate) tlb: Tlb,
+    pub(crate) counters: VcpuCounters,
+}
+
+/// A domain.
+#[derive(Debug)]
+pub struct Domain<D: Design> {
+    id: DomId,
+    name: Box<str>,
+    kind: DomainKind,
+    privileged: bool,
+    state: AtomicU8,
+    crashed: AtomicBool,
+    pub(crate) gt: GrantTable<D>,
+    pub(crate) maptrack: Maptrack,
+    pub(crate) vcpus: Box<[CachePadded<VcpuState>]>,
+    pub(crate) p2m: P2m,
+    pub(crate) aspace: AddressSpace,
+}
+
+impl<D: Design> Domain<D> {
+    pub(crate) fn new(id: DomId, cfg: &DomainConfig, per_frame: u32, maptrack_per_frame: u32) -> Self {
+        Self {
+            id,
+            name: cfg.name.clone().into_boxed_str(),
+            kind: cfg.kind,
+            privileged: cfg.privileged,
+            state: AtomicU8::new(DomainState::Alive as u8),
+            crashed: AtomicBool::new(false),
+            gt: GrantTable::new(cfg.max_grant_frames, per_frame),
+            maptrack: Maptrack::new(cfg.vcpus as usize, cfg.max_maptrack_frames, maptrack_per_frame),
+            vcpus: (0..cfg.vcpus).map(|_| CachePadded::new(VcpuState::default())).collect(),
+            p2m: P2m::new(cfg.memory_pages),
+            aspace: AddressSpace::new(cfg.host_pages),
+        }
+    }
+
+    /// The domain id.
+    #[inline]
+    pub fn id(&self) -> DomId {
+        self.id
+    }
+    /// The name (immutable, so lookups by name never need the domain's locks: seed 000).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Paging mode.
+    pub fn kind(&self) -> DomainKind {
+        self.kind
+    }
+    /// Whether the domain is translated (HVM/PVH).
+    #[inline]
+    pub fn translated(&self) -> bool {
+        self.kind == DomainKind::Hvm
+    }
+    /// Whether the domain is a control domain.
+    pub fn privileged(&self) -> bool {
+        self.privileged
+    }
+    /// Number of vCPUs.
+    pub fn nr_vcpus(&self) -> u16 {
+        self.vcpus.len() as u16
+    }
+    /// Life-cycle state.
+    pub fn state(&self) -> DomainState {
+        match self.state.load(Ordering::Acquire) {
+            0 => DomainState::Alive,
+            1 => DomainState::Dying,
+            _ => DomainState::Dead,
+        }
+    }
+    /// Whether the hypervisor crashed the domain (e.g. an unmap found its granter gone).
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::Acquire)
+    }
+    pub(crate) fn crash(&self) {
+        self.crashed.store(true, Ordering::Release);
+    }
+    /// Current number of grant frames.
+    pub fn nr_grant_frames(&self) -> u32 {
+        self.gt.nr_frames()
+    }
+    /// `max_grant_frames`.
+    pub fn max_grant_frames(&self) -> u32 {
+        self.gt.max_frames()
+    }
+    /// Current number of maptrack handles (`maptrack_limit`).
+    pub fn maptrack_limit(&self) -> u32 {
+        self.maptrack.limit()
+    }
+    /// What the P2M says about `gfn`.
+    pub fn p2m(&self, gfn: Gfn) -> P2mEntry {
+        self.p2m.lookup(gfn)
+    }
+    /// Counters summed over vCPUs.
+    pub fn stats(&self) -> DomainStats {
+        let mut s = DomainStats::default();
+        for v in self.vcpus.iter() {
+            let c = &v.counters;
+            s.maps += c.maps.load(Ordering::Relaxed);
+            s.fast_maps += c.fast_maps.load(Ordering::Relaxed);
+            s.slow_maps += c.slow_maps.load(Ordering::Relaxed);
+            s.unmaps += c.unmaps.load(Ordering::Relaxed);
+            s.tlb_flushes += v.tlb.flushes();
+        }
+        s
+    }
+}
