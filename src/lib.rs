@@ -64,6 +64,7 @@ pub mod domain;
 pub mod handle;
 pub mod hooks;
 pub mod hypervisor;
+pub mod inspect;
 pub mod machine;
 pub mod maptrack;
 pub mod registry;
@@ -85,10 +86,12 @@ pub mod prelude {
         gtf, DomId, Errno, Gfn, GntMap, GntSt, GnttabOp, GrantHandle, GrantRef, MapGrantRef,
         Mfn, QuerySize, SetupTable, UnmapGrantRef,
     };
-    pub use crate::check::{CheckReport, Violation};
+    pub use crate::check::{CheckOptions, CheckReport, Violation};
     pub use crate::design::{Design, Fast, FastNoSlots, Xen, XenFastSlots, XenPlainRw};
     pub use crate::domain::{Domain, DomainConfig, DomainKind, DomainState, DomainStats};
+    pub use crate::grant::{pin, EntrySnapshot};
     pub use crate::hooks::{HookAction, HookCtx, HookPoint, Hooks};
+    pub use crate::inspect::{ActiveInfo, DomainSnapshot, EntryInfo, FrameInfo, MaptrackInfo, SlotInfo, StateSnapshot};
     pub use crate::hypervisor::{EnterError, Guest, GuestError, Hypervisor, HypervisorConfig, VcpuCtx};
     pub use crate::machine::{AccessFault, HostAddr, MachineConfig, P2mEntry, Pte};
     pub use crate::registry::CreateError;

@@ -38,7 +38,7 @@ const fn combo(flags: u16, domid: DomId) -> u32 {
 }
 
 /// A snapshot of a shared entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct EntrySnapshot {
     /// `GTF_*` flags.
     pub flags: u16,
