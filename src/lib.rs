@@ -70,6 +70,9 @@ pub mod maptrack;
 pub mod registry;
 pub mod table;
 
+#[cfg(feature = "sim")]
+pub mod sim;
+
 pub mod grant;
 mod ops;
 mod reclaim;
