@@ -25,6 +25,7 @@ use crate::domain::Domain;
 use crate::grant::pin;
 use crate::hypervisor::Hypervisor;
 use crate::machine::P2mEntry;
+use crate::iommu::IommuPolicy;
 use crate::maptrack::{SlotPolicy, SlotState, MAPTRACK_TAIL};
 use crate::sync::{Arc, Ordering};
 use std::collections::{BTreeMap, BTreeSet};
@@ -93,6 +94,7 @@ struct Live {
     mapper: DomId,
     flags: GntMap,
     fast: bool,
+    bus: u64,
 }
 
 impl<D: Design> Hypervisor<D> {
@@ -130,6 +132,7 @@ impl<D: Design> Hypervisor<D> {
                             mapper: act.domid,
                             flags: f,
                             fast: true,
+                            bus: s.bus(),
                         }),
                     }
                 }
@@ -140,6 +143,8 @@ impl<D: Design> Hypervisor<D> {
         let mut refs: BTreeMap<Mfn, u64> = BTreeMap::new();
         let mut types: BTreeMap<Mfn, u64> = BTreeMap::new();
         let mut host_parts: BTreeMap<(DomId, Mfn), u64> = BTreeMap::new();
+        // Live non-self mappings of strict-IOMMU mappers: (mfn, writable, bus).
+        let mut io_live: BTreeMap<DomId, Vec<(Mfn, bool, u64)>> = BTreeMap::new();
 
         for (&gid, g) in &doms {
             for i in 0..g.gt.nr_entries() {
@@ -151,6 +156,9 @@ impl<D: Design> Hypervisor<D> {
                     r.mappings += 1;
                     r.fast_mappings += l.fast as usize;
                     let ro = l.flags.contains(GntMap::READONLY);
+                    if l.mapper != gid && doms.get(&l.mapper).is_some_and(|m| m.needs_iommu()) {
+                        io_live.entry(l.mapper).or_default().push((act.mfn, !ro, l.bus));
+                    }
                     if l.flags.contains(GntMap::DEVICE_MAP) {
                         *refs.entry(act.mfn).or_default() += 1;
                         if !ro {
@@ -212,6 +220,19 @@ impl<D: Design> Hypervisor<D> {
             }
         }
 
+        // IOMMU mirrors (invariant 9) and IOTLBs.
+        for (&id, d) in &doms {
+            let Some(io) = &d.iommu else { continue };
+            for v in D::Iommu::check(io, io_live.get(&id).map_or(&[][..], Vec::as_slice)) {
+                r.push("9", format!("{id:?}: {v}"));
+            }
+            for (k, t) in io.iotlb.iter().enumerate() {
+                if t.stale_len() != 0 {
+                    r.push("iotlb", format!("{id:?} v{k}: {} stale IOTLB entries unflushed", t.stale_len()));
+                }
+            }
+        }
+
         // Host page tables and TLBs.
         for (&id, d) in &doms {
             for (k, v) in d.vcpus.iter().enumerate() {
@@ -268,6 +289,7 @@ impl<D: Design> Hypervisor<D> {
                         mapper: mid,
                         flags: GntMap::from_bits_retain(flags),
                         fast: false,
+                        bus: e.bus.load(Ordering::Relaxed),
                     });
             }
         }

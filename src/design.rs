@@ -1,18 +1,21 @@
 //! Designs: compositions of the strategies, behind one ABI.
 //!
-//! A design picks a table validity strategy ([`TableSync`]) and an inline-slot policy
-//! ([`SlotPolicy`]). Every hypercall is written once, generic over the design; the
-//! strategies are the only code that differs. Besides the two designs the project compares,
-//! the same machinery gives ablations that show which change buys what.
+//! A design picks a table validity strategy ([`TableSync`]), an inline-slot policy
+//! ([`SlotPolicy`]) and an IOMMU bookkeeping strategy ([`IommuPolicy`]). Every hypercall is
+//! written once, generic over the design; the strategies are the only code that differs.
+//! Besides the two designs the project compares, the same machinery gives ablations that show
+//! which change buys what.
 //!
-//! | design           | table validity   | maptrack                         |
-//! |------------------|------------------|----------------------------------|
-//! | [`Xen`]          | per-CPU rwlock   | per-vCPU free lists              |
-//! | [`Fast`]         | lock-free        | two inline slots + slow table    |
-//! | [`XenPlainRw`]   | plain rwlock     | per-vCPU free lists (baseline)   |
-//! | [`XenFastSlots`] | per-CPU rwlock   | two inline slots + slow table    |
-//! | [`FastNoSlots`]  | lock-free        | per-vCPU free lists              |
+//! | design            | table validity   | maptrack                      | strict IOMMU          |
+//! |-------------------|------------------|-------------------------------|-----------------------|
+//! | [`Xen`]           | per-CPU rwlock   | per-vCPU free lists           | per-MFN counts        |
+//! | [`Fast`]          | lock-free        | two inline slots + slow table | per-map bus frames    |
+//! | [`XenPlainRw`]    | plain rwlock     | per-vCPU free lists           | per-MFN counts        |
+//! | [`XenFastSlots`]  | per-CPU rwlock   | two inline slots + slow table | per-MFN counts        |
+//! | [`FastNoSlots`]   | lock-free        | per-vCPU free lists           | per-map bus frames    |
+//! | [`XenPerMapBfn`]  | per-CPU rwlock   | per-vCPU free lists           | per-map bus frames    |
 
+use crate::iommu::{IommuPolicy, MfnRefcount, PerMapBfn};
 use crate::maptrack::{FastSlots, NoSlots, SlotPolicy};
 use crate::table::{LockFree, PercpuRw, PlainRw, TableSync};
 use core::fmt::Debug;
@@ -25,6 +28,8 @@ pub trait Design: Send + Sync + Sized + Debug + 'static {
     type Table: TableSync;
     /// Inline maptrack slot policy.
     type Slots: SlotPolicy;
+    /// IOMMU bookkeeping for strict-mode mappers.
+    type Iommu: IommuPolicy;
 }
 
 /// The active-entry extension of design `D`.
@@ -37,6 +42,7 @@ impl Design for Xen {
     const NAME: &'static str = "xen";
     type Table = PercpuRw;
     type Slots = NoSlots;
+    type Iommu = MfnRefcount;
 }
 
 /// The proposal of seed 004: grow-only tables with lock-free validity checks and two inline
@@ -47,6 +53,7 @@ impl Design for Fast {
     const NAME: &'static str = "fast";
     type Table = LockFree;
     type Slots = FastSlots;
+    type Iommu = PerMapBfn;
 }
 
 /// Xen with a plain rwlock as the table lock (what Xen had before 2016): benchmark baseline.
@@ -56,6 +63,7 @@ impl Design for XenPlainRw {
     const NAME: &'static str = "xen-plainrw";
     type Table = PlainRw;
     type Slots = NoSlots;
+    type Iommu = MfnRefcount;
 }
 
 /// Ablation: Xen's table lock with the Fast design's inline slots.
@@ -65,6 +73,7 @@ impl Design for XenFastSlots {
     const NAME: &'static str = "xen+fastslots";
     type Table = PercpuRw;
     type Slots = FastSlots;
+    type Iommu = MfnRefcount;
 }
 
 /// Ablation: lock-free tables with Xen's free-list maptrack.
@@ -74,6 +83,17 @@ impl Design for FastNoSlots {
     const NAME: &'static str = "fast-noslots";
     type Table = LockFree;
     type Slots = NoSlots;
+    type Iommu = PerMapBfn;
+}
+
+/// Ablation: Xen's tables and maptrack with the Fast design's per-map bus frames.
+#[derive(Debug)]
+pub enum XenPerMapBfn {}
+impl Design for XenPerMapBfn {
+    const NAME: &'static str = "xen+permapbfn";
+    type Table = PercpuRw;
+    type Slots = NoSlots;
+    type Iommu = PerMapBfn;
 }
 
 /// Names of every design, for command lines.
@@ -83,6 +103,7 @@ pub const DESIGN_NAMES: &[&str] = &[
     XenPlainRw::NAME,
     XenFastSlots::NAME,
     FastNoSlots::NAME,
+    XenPerMapBfn::NAME,
 ];
 
 /// Calls `$body` with the type alias `$D` bound to the design named `$name` (a `&str`);
@@ -109,6 +130,10 @@ macro_rules! with_design {
             }
             n if n == <$crate::design::FastNoSlots as $crate::design::Design>::NAME => {
                 type $D = $crate::design::FastNoSlots;
+                Some($body)
+            }
+            n if n == <$crate::design::XenPerMapBfn as $crate::design::Design>::NAME => {
+                type $D = $crate::design::XenPerMapBfn;
                 Some($body)
             }
             _ => None,

@@ -3,6 +3,7 @@
 use crate::abi::{DomId, Gfn, DEFAULT_MAX_GRANT_FRAMES, DEFAULT_MAX_MAPTRACK_FRAMES};
 use crate::design::Design;
 use crate::grant::GrantTable;
+use crate::iommu::{IommuCtx, IommuMode};
 use crate::machine::{AddressSpace, P2m, P2mEntry, Tlb};
 use crate::maptrack::Maptrack;
 use crate::sync::{AtomicBool, AtomicU64, AtomicU8, CachePadded, Ordering};
@@ -36,6 +37,10 @@ pub struct DomainConfig {
     pub privileged: bool,
     /// Size of the host-mapping address space in pages.
     pub host_pages: u64,
+    /// IOMMU mode (strict: every grant map of a PV domain updates its IOMMU).
+    pub iommu: IommuMode,
+    /// Size of the per-map bus-address region in frames (designs with per-map bus frames).
+    pub bus_frames: u64,
 }
 
 impl DomainConfig {
@@ -50,7 +55,19 @@ impl DomainConfig {
             max_maptrack_frames: DEFAULT_MAX_MAPTRACK_FRAMES,
             privileged: false,
             host_pages: 1 << 20,
+            iommu: IommuMode::Off,
+            bus_frames: 1 << 20,
         }
+    }
+    /// Sets the IOMMU mode.
+    pub fn iommu(mut self, m: IommuMode) -> Self {
+        self.iommu = m;
+        self
+    }
+    /// Sets the per-map bus-address region size in frames.
+    pub fn bus_frames(mut self, n: u64) -> Self {
+        self.bus_frames = n;
+        self
     }
     /// Sets the number of vCPUs.
     pub fn vcpus(mut self, n: u16) -> Self {
@@ -124,6 +141,8 @@ pub struct DomainStats {
     pub unmaps: u64,
     /// TLB flushes issued by this domain's vCPUs.
     pub tlb_flushes: u64,
+    /// IOTLB flushes issued for this domain's IOMMU.
+    pub iotlb_flushes: u64,
 }
 
 impl VcpuCounters {
@@ -166,10 +185,23 @@ pub struct Domain<D: Design> {
     pub(crate) vcpus: Box<[CachePadded<VcpuState>]>,
     pub(crate) p2m: P2m,
     pub(crate) aspace: AddressSpace,
+    /// IOMMU state, present when grant maps must update the IOMMU (strict PV).
+    pub(crate) iommu: Option<IommuCtx<D::Iommu>>,
 }
 
 impl<D: Design> Domain<D> {
-    pub(crate) fn new(id: DomId, cfg: &DomainConfig, per_frame: u32, maptrack_per_frame: u32) -> Self {
+    pub(crate) fn new(
+        id: DomId,
+        cfg: &DomainConfig,
+        geom: (u32, u32),
+        ram_frames: u64,
+        flush_cost: std::time::Duration,
+    ) -> Self {
+        let (per_frame, maptrack_per_frame) = geom;
+        // gnttab_need_iommu_mapping: PV domains in strict mode (a translated domain's IOMMU
+        // follows its P2M, so grant maps need no extra work).
+        let iommu = (cfg.iommu == IommuMode::Strict && cfg.kind == DomainKind::Pv)
+            .then(|| IommuCtx::new(cfg.vcpus as usize, ram_frames, cfg.bus_frames, flush_cost));
         Self {
             id,
             name: cfg.name.clone().into_boxed_str(),
@@ -182,6 +214,7 @@ impl<D: Design> Domain<D> {
             vcpus: (0..cfg.vcpus).map(|_| CachePadded::new(VcpuState::default())).collect(),
             p2m: P2m::new(cfg.memory_pages),
             aspace: AddressSpace::new(cfg.host_pages),
+            iommu,
         }
     }
 
@@ -202,6 +235,11 @@ impl<D: Design> Domain<D> {
     #[inline]
     pub fn translated(&self) -> bool {
         self.kind == DomainKind::Hvm
+    }
+    /// Whether grant maps of this domain update an IOMMU (strict-mode PV).
+    #[inline]
+    pub fn needs_iommu(&self) -> bool {
+        self.iommu.is_some()
     }
     /// Whether the domain is a control domain.
     pub fn privileged(&self) -> bool {
@@ -253,6 +291,7 @@ impl<D: Design> Domain<D> {
             s.unmaps += c.unmaps.load(Ordering::Relaxed);
             s.tlb_flushes += v.tlb.flushes();
         }
+        s.iotlb_flushes = self.iommu.as_ref().map_or(0, IommuCtx::flushes);
         s
     }
 }

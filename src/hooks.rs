@@ -15,6 +15,9 @@ pub enum HookPoint {
     /// are about to be taken and the host mapping created. `Fail` makes the host mapping
     /// creation fail (the map is undone and returns `GNTST_general_error`).
     MapBeforeHostMapping,
+    /// Map, spec 6.2 step 12: an IOMMU translation is about to be created for a mapper in
+    /// strict mode. `Fail` makes the IOMMU operation fail (`GNTST_general_error`, map undone).
+    IommuMap,
     /// Unmap: phase 1 of a chunk is done (statuses written, host entries removed), the TLB
     /// flush has not happened yet: removed translations are still reachable.
     UnmapBeforeFlush,

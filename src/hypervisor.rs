@@ -33,6 +33,8 @@ pub struct HypervisorConfig {
     pub seed: u64,
     /// Test and scenario hooks.
     pub hooks: Option<Arc<dyn Hooks>>,
+    /// Modelled cost of one IOTLB flush (0: free; a real shootdown is ~0.8 us).
+    pub iotlb_flush_cost: std::time::Duration,
 }
 
 impl Default for HypervisorConfig {
@@ -45,6 +47,7 @@ impl Default for HypervisorConfig {
             maptrack_per_frame: MAPTRACK_PER_PAGE,
             seed: 0x5EED,
             hooks: None,
+            iotlb_flush_cost: std::time::Duration::ZERO,
         }
     }
 }
@@ -61,6 +64,7 @@ impl HypervisorConfig {
             maptrack_per_frame: 4,
             seed: 1,
             hooks: None,
+            iotlb_flush_cost: std::time::Duration::ZERO,
         }
     }
 
@@ -70,6 +74,30 @@ impl HypervisorConfig {
         self
     }
 }
+
+/// Why a device access failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaFault {
+    /// No such domain.
+    NoDomain,
+    /// No translation for the bus address (IOMMU fault).
+    NotMapped,
+    /// Write through a read-only translation.
+    ReadOnly,
+    /// The access crosses the page.
+    OutOfPage,
+    /// The translation reached a freed frame: a use-after-free the hypervisor should have
+    /// prevented. Tests assert this never happens.
+    FreedFrame,
+}
+
+impl fmt::Display for DmaFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for DmaFault {}
 
 /// Why a vCPU context could not be entered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +174,13 @@ impl<D: Design> Hypervisor<D> {
             return Err(CreateError::BadConfig("max_grant_frames must be at least 1"));
         }
         let r = self.registry.reserve(&cfg.name)?;
-        let d = Domain::<D>::new(r.id, &cfg, self.cfg.entries_per_frame, self.cfg.maptrack_per_frame);
+        let d = Domain::<D>::new(
+            r.id,
+            &cfg,
+            (self.cfg.entries_per_frame, self.cfg.maptrack_per_frame),
+            self.cfg.machine.max_frames,
+            self.cfg.iotlb_flush_cost,
+        );
         let mut ok = true;
         for gfn in 0..cfg.memory_pages {
             match self.machine.alloc_frame(r.id, false) {
@@ -241,6 +275,53 @@ impl<D: Design> Hypervisor<D> {
     /// test and scenario tool for reaching `GNTST_eagain` and `GNTST_bad_page`.
     pub fn set_p2m(&self, dom: DomId, gfn: Gfn, e: P2mEntry) -> Option<P2mEntry> {
         self.registry.get_arc(dom)?.p2m.set(gfn, e)
+    }
+
+    fn dma_frame(&self, dom: DomId, bus_addr: u64, len: usize, write: bool) -> Result<&crate::machine::Frame, DmaFault> {
+        let d = self.registry.get_arc(dom).ok_or(DmaFault::NoDomain)?;
+        let off = (bus_addr & (crate::abi::PAGE_SIZE as u64 - 1)) as usize;
+        if off + len > crate::abi::PAGE_SIZE {
+            return Err(DmaFault::OutOfPage);
+        }
+        let bfn = bus_addr >> crate::abi::PAGE_SHIFT;
+        let mfn = match &d.iommu {
+            Some(io) => match io.translate(bfn) {
+                Some(p) => {
+                    if write && !p.writable() {
+                        return Err(DmaFault::ReadOnly);
+                    }
+                    p.mfn()
+                }
+                // The domain's own memory is identity-mapped in its IOMMU context.
+                None if self.machine.frame(crate::abi::Mfn(bfn)).and_then(|f| f.owner()) == Some(dom) => {
+                    crate::abi::Mfn(bfn)
+                }
+                None => return Err(DmaFault::NotMapped),
+            },
+            // No IOMMU: device addresses are machine addresses (and nothing is protected).
+            None => crate::abi::Mfn(bfn),
+        };
+        let f = self.machine.frame(mfn).ok_or(DmaFault::NotMapped)?;
+        if f.refcount() == 0 {
+            return Err(DmaFault::FreedFrame);
+        }
+        Ok(f)
+    }
+
+    /// A device of domain `dom` reads `buf.len()` bytes at bus address `bus_addr`, through the
+    /// domain's IOMMU (live translations, or stale ones until the IOTLB flush) if it has one.
+    pub fn dma_read(&self, dom: DomId, bus_addr: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
+        let f = self.dma_frame(dom, bus_addr, buf.len(), false)?;
+        f.read((bus_addr & 0xFFF) as usize, buf);
+        Ok(())
+    }
+
+    /// A device of domain `dom` writes `data` at bus address `bus_addr`; refused through a
+    /// read-only translation.
+    pub fn dma_write(&self, dom: DomId, bus_addr: u64, data: &[u8]) -> Result<(), DmaFault> {
+        let f = self.dma_frame(dom, bus_addr, data.len(), true)?;
+        f.write((bus_addr & 0xFFF) as usize, data);
+        Ok(())
     }
 
     #[inline]

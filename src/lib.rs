@@ -65,6 +65,7 @@ pub mod handle;
 pub mod hooks;
 pub mod hypervisor;
 pub mod inspect;
+pub mod iommu;
 pub mod machine;
 pub mod maptrack;
 pub mod registry;
@@ -90,12 +91,13 @@ pub mod prelude {
         Mfn, QuerySize, SetupTable, UnmapGrantRef,
     };
     pub use crate::check::{CheckOptions, CheckReport, Violation};
-    pub use crate::design::{Design, Fast, FastNoSlots, Xen, XenFastSlots, XenPlainRw};
+    pub use crate::design::{Design, Fast, FastNoSlots, Xen, XenFastSlots, XenPerMapBfn, XenPlainRw};
+    pub use crate::iommu::IommuMode;
     pub use crate::domain::{Domain, DomainConfig, DomainKind, DomainState, DomainStats};
     pub use crate::grant::{pin, EntrySnapshot};
     pub use crate::hooks::{HookAction, HookCtx, HookPoint, Hooks};
     pub use crate::inspect::{ActiveInfo, DomainSnapshot, EntryInfo, FrameInfo, MaptrackInfo, SlotInfo, StateSnapshot};
-    pub use crate::hypervisor::{EnterError, Guest, GuestError, Hypervisor, HypervisorConfig, VcpuCtx};
+    pub use crate::hypervisor::{DmaFault, EnterError, Guest, GuestError, Hypervisor, HypervisorConfig, VcpuCtx};
     pub use crate::machine::{AccessFault, HostAddr, MachineConfig, P2mEntry, Pte};
     pub use crate::registry::CreateError;
 }

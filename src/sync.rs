@@ -68,6 +68,14 @@ mod imp {
         core::hint::spin_loop();
     }
 
+    /// Spins for `d` (charges a modelled hardware cost, e.g. an IOTLB flush).
+    pub(crate) fn busy_wait(d: std::time::Duration) {
+        let t = std::time::Instant::now();
+        while t.elapsed() < d {
+            core::hint::spin_loop();
+        }
+    }
+
     /// Lets other threads run (used where a waiter may spin for long).
     #[inline]
     pub(crate) fn yield_now() {
@@ -138,6 +146,9 @@ mod imp {
     pub(crate) fn spin_hint() {
         loom::thread::yield_now();
     }
+
+    /// Modelled costs are not charged under loom.
+    pub(crate) fn busy_wait(_: std::time::Duration) {}
 
     pub(crate) fn yield_now() {
         loom::thread::yield_now();

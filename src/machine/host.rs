@@ -52,6 +52,10 @@ impl Pte {
             | if writable { Self::RW } else { 0 }
             | if user { Self::USER } else { 0 })
     }
+    /// A present IOMMU entry (same layout, no grant bit).
+    pub const fn io(mfn: Mfn, writable: bool) -> Self {
+        Pte(mfn.0 << PAGE_SHIFT | Self::PRESENT | if writable { Self::RW } else { 0 })
+    }
     /// Whether the entry is present.
     pub const fn present(self) -> bool {
         self.0 & Self::PRESENT != 0

@@ -8,6 +8,7 @@ use crate::grant::{pin, EntryRef};
 use crate::handle;
 use crate::hooks::{HookAction, HookPoint};
 use crate::hypervisor::VcpuCtx;
+use crate::iommu::IommuPolicy;
 use crate::machine::Pte;
 use crate::maptrack::SlotPolicy;
 use crate::reclaim::{self, Guard};
@@ -119,9 +120,20 @@ fn map_one<'g, D: Design>(
         return Err(st);
     }
 
-    // 12. IOMMU bookkeeping: no IOMMU modelled for this mapper; the device address is the
-    //     machine address.
-    let bus = mfn.addr();
+    // 12. IOMMU bookkeeping for a strict-mode mapper (self grants are already in its IOMMU);
+    //     otherwise the device address is the machine address.
+    let bus = match &ld.iommu {
+        Some(io) if rd.id() != ld.id() => {
+            match D::Iommu::map(env, io, mfn, !flags.contains(GntMap::READONLY)) {
+                Ok(b) => b,
+                Err(st) => {
+                    undo(env, rd, &pinned, flags, incr, taken, track);
+                    return Err(st);
+                }
+            }
+        }
+        _ => mfn.addr(),
+    };
 
     // 13. Publish: fields first, flags last (Release).
     let counters = &ld.vcpus[env.vcpu as usize].counters;

@@ -15,7 +15,8 @@ use crate::hypervisor::{Hypervisor, VcpuCtx};
 use crate::machine::{HostAddr, P2mEntry, Tlb};
 
 /// The caller's identity, borrowed from a [`VcpuCtx`] (separately from its random state).
-pub(crate) struct Env<'a, D: Design> {
+#[derive(Debug)]
+pub struct Env<'a, D: Design> {
     pub(crate) hv: &'a Hypervisor<D>,
     pub(crate) ld: &'a Domain<D>,
     pub(crate) vcpu: u16,

@@ -14,6 +14,7 @@ use crate::grant::EntryRef;
 use crate::handle::{self, Decoded};
 use crate::hooks::HookPoint;
 use crate::hypervisor::VcpuCtx;
+use crate::iommu::{Deferred, IommuPolicy};
 use crate::maptrack::{select_slot, FastSlot, MaptrackEntry, SlotPolicy};
 use crate::reclaim::{self, Guard};
 use crate::sync::Ordering;
@@ -24,8 +25,9 @@ pub(crate) fn unmap_grant_ref<D: Design>(cx: &mut VcpuCtx<'_, D>, ops: &mut [Unm
     for chunk in ops.chunks_mut(GNTTAB_UNMAP_BATCH_SIZE) {
         let mut done: [Option<Done<'_, D>>; GNTTAB_UNMAP_BATCH_SIZE] =
             core::array::from_fn(|_| None);
+        let mut pending = Deferred::default();
         for (op, d) in chunk.iter_mut().zip(done.iter_mut()) {
-            match phase1(&env, op, &g) {
+            match phase1(&env, op, &g, &mut pending) {
                 Ok(x) => {
                     op.status = GntSt::Okay;
                     *d = x;
@@ -35,6 +37,10 @@ pub(crate) fn unmap_grant_ref<D: Design>(cx: &mut VcpuCtx<'_, D>, ops: &mut [Unm
         }
         env.hv.hook(HookPoint::UnmapBeforeFlush, env.ld.id(), env.vcpu);
         env.tlb().flush();
+        if let Some(io) = &env.ld.iommu {
+            // Per-map bus frames: one IOTLB flush for the chunk, then the BFNs are reusable.
+            D::Iommu::after_phase1(&env, io, &mut pending);
+        }
         env.hv.hook(HookPoint::UnmapAfterFlush, env.ld.id(), env.vcpu);
         for d in done.iter_mut().filter_map(Option::take) {
             phase2(&env, d);
@@ -81,13 +87,14 @@ fn phase1<'g, D: Design>(
     env: &Env<'_, D>,
     op: &UnmapGrantRef,
     g: &'g Guard,
+    pending: &mut Deferred,
 ) -> Result<Option<Done<'g, D>>, GntSt> {
     if D::Slots::ENABLED {
         if let Decoded::Fast { granter, gref } = handle::decode(op.handle) {
-            return phase1_fast(env, op, granter, gref, g);
+            return phase1_fast(env, op, granter, gref, g, pending);
         }
     }
-    phase1_slow(env, op, g)
+    phase1_slow(env, op, g, pending)
 }
 
 /// Steps 1-6 for a maptrack handle (spec 7.2, 5.4).
@@ -95,6 +102,7 @@ fn phase1_slow<'g, D: Design>(
     env: &Env<'_, D>,
     op: &UnmapGrantRef,
     g: &'g Guard,
+    pending: &mut Deferred,
 ) -> Result<Option<Done<'g, D>>, GntSt> {
     let ld = env.ld;
     let h = op.handle.0;
@@ -128,7 +136,7 @@ fn phase1_slow<'g, D: Design>(
     let out = remove_parts(env, op, &rec, GntMap::from_bits_retain(flags), mfn)?;
     drop(act);
     drop(_rl);
-    finish(env, rd, e, mfn, rec, out)
+    finish(env, rd, e, mfn, rec, out, pending)
 }
 
 /// Steps 1-6 for a fast handle: the handle names the granter and ref; the entry must be
@@ -139,6 +147,7 @@ fn phase1_fast<'g, D: Design>(
     granter: crate::abi::DomId,
     gref: GrantRef,
     g: &'g Guard,
+    pending: &mut Deferred,
 ) -> Result<Option<Done<'g, D>>, GntSt> {
     // A forged fast handle may name any domain: absent means bad handle (not a crash: the
     // value came from the guest, not from the hypervisor's own record).
@@ -156,17 +165,29 @@ fn phase1_fast<'g, D: Design>(
     let out = remove_parts(env, op, &rec, flags, mfn)?;
     drop(act);
     drop(_rl);
-    finish(env, rd, e, mfn, rec, out)
+    finish(env, rd, e, mfn, rec, out, pending)
 }
 
-/// Steps 8-12 under the entry lock. Returns (parts removed incl. READONLY, record freed).
+/// What phase 1 did under the entry lock.
+struct Removed {
+    /// Parts removed, plus `READONLY` if the mapping was read-only.
+    done: GntMap,
+    /// The record was released (no part left).
+    freed: bool,
+    /// The record's device address (for the IOMMU).
+    bus: u64,
+    /// The mapping was writable.
+    writable: bool,
+}
+
+/// Steps 8-12 under the entry lock.
 fn remove_parts<D: Design>(
     env: &Env<'_, D>,
     op: &UnmapGrantRef,
     rec: &Record<'_>,
     flags: GntMap,
     mfn: Mfn,
-) -> Result<(GntMap, bool), GntSt> {
+) -> Result<Removed, GntSt> {
     let mut f = flags;
     // 8. A named device part must be named by its exact device address.
     if op.dev_bus_addr != 0 && f.contains(GntMap::DEVICE_MAP) && op.dev_bus_addr != rec.bus() {
@@ -190,24 +211,40 @@ fn remove_parts<D: Design>(
     if !done.is_empty() {
         rec.set_flags(if free { GntMap::empty() } else { f });
     }
+    let removed_any = !done.is_empty();
     if flags.contains(GntMap::READONLY) {
         done |= GntMap::READONLY;
     }
-    Ok((done, free && !done.intersection(GntMap::HOST_MAP | GntMap::DEVICE_MAP).is_empty()))
+    Ok(Removed {
+        done,
+        freed: free && removed_any,
+        bus: rec.bus(),
+        writable: !flags.contains(GntMap::READONLY),
+    })
 }
 
-/// Step 13 after the locks are dropped: free the handle; hand the removed parts to phase 2.
+/// Steps 13-14 after the locks are dropped: free the handle, remove the IOMMU translation;
+/// hand the removed parts to phase 2.
 fn finish<'g, D: Design>(
     env: &Env<'_, D>,
     rd: &'g Domain<D>,
     e: EntryRef<'g, SlotExt<D>>,
     mfn: Mfn,
     rec: Record<'_>,
-    (done, freed): (GntMap, bool),
+    r: Removed,
+    pending: &mut Deferred,
 ) -> Result<Option<Done<'g, D>>, GntSt> {
-    if freed {
+    let done = r.done;
+    if r.freed {
         if let Record::Slow { h, .. } = rec {
             env.ld.maptrack.put_handle(h);
+        }
+        // 14. The IOMMU translation lives as long as the record (XSA-394: dropped only when
+        //     both parts are gone).
+        if let Some(io) = &env.ld.iommu {
+            if rd.id() != env.ld.id() {
+                D::Iommu::unmap(env, io, mfn, r.bus, r.writable, pending);
+            }
         }
     }
     if !done.intersects(GntMap::HOST_MAP | GntMap::DEVICE_MAP) {
