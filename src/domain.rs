@@ -6,7 +6,7 @@ use crate::grant::GrantTable;
 use crate::iommu::{IommuCtx, IommuMode};
 use crate::machine::{AddressSpace, P2m, P2mEntry, Tlb};
 use crate::maptrack::Maptrack;
-use crate::sync::{AtomicBool, AtomicU64, AtomicU8, CachePadded, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, AtomicU8, CachePadded, Ordering, UnsafeCell};
 
 /// Paging mode of a domain, which decides several checks (spec 6.2 steps 2 and 11).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -162,14 +162,63 @@ impl VcpuCounters {
     }
 }
 
+/// Where a vCPU's maps put records in other domains' fast slots: `(granter, gref)` hints,
+/// appended by the vCPU's own map path (no shared write), validated under the entry lock when
+/// used. Stale hints (the slot was released since) are dropped by compaction, which runs on
+/// the map path when the log has doubled since the last compaction (amortised O(1) per map),
+/// and by teardown. Teardown of the domain as mapper walks these logs, so its cost is the
+/// number of hints, not the size of other domains' tables (design.md section 2, point 4).
+#[derive(Debug)]
+pub(crate) struct HintLog {
+    pub(crate) hints: Vec<(DomId, u32)>,
+    /// Compact when `hints.len()` reaches this.
+    pub(crate) compact_at: usize,
+}
+
+/// Hints a log may hold beyond twice its size after the last compaction.
+pub(crate) const HINT_SLACK: usize = 256;
+
+impl Default for HintLog {
+    fn default() -> Self {
+        Self {
+            hints: Vec::new(),
+            compact_at: HINT_SLACK,
+        }
+    }
+}
+
+impl HintLog {
+    /// Records a fast slot claimed at `(g, r)`; true if the log is due for compaction.
+    #[inline]
+    pub(crate) fn push(&mut self, g: DomId, r: u32) -> bool {
+        if self.hints.last() != Some(&(g, r)) {
+            self.hints.push((g, r));
+        }
+        self.hints.len() >= self.compact_at
+    }
+}
+
 /// State of one vCPU.
 #[derive(Debug, Default)]
 pub(crate) struct VcpuState {
     /// A context is running on this vCPU.
     pub(crate) running: AtomicBool,
+    /// The vCPU is inside a hypercall (the domain's pause waits for this to clear).
+    pub(crate) in_hypercall: AtomicBool,
     pub(crate) tlb: Tlb,
     pub(crate) counters: VcpuCounters,
+    /// Only touched by the thread running the vCPU (a [`crate::VcpuCtx`] is exclusive), or by
+    /// teardown after the domain is paused.
+    pub(crate) hints: UnsafeCell<HintLog>,
 }
+
+// SAFETY: every field but `hints` is Sync by itself. `hints` is an unsynchronised cell whose
+// discipline is: only the thread running the vCPU touches it (entering a vCPU is exclusive,
+// `running` is claimed by compare-exchange, and the claim's Acquire orders the new thread after
+// the previous one's Release on exit), or teardown, after the domain's pause has waited for the
+// vCPU's `in_hypercall` to clear (Acquire, pairing with the hypercall's Release on exit) and
+// every later hypercall of the vCPU fails before touching it.
+unsafe impl Sync for VcpuState {}
 
 /// A domain.
 #[derive(Debug)]
@@ -178,8 +227,10 @@ pub struct Domain<D: Design> {
     name: Box<str>,
     kind: DomainKind,
     privileged: bool,
-    state: AtomicU8,
+    pub(crate) state: AtomicU8,
     crashed: AtomicBool,
+    /// Final destruction happened (removed from the registry, grant frames freed).
+    pub(crate) finalized: AtomicBool,
     pub(crate) gt: GrantTable<D>,
     pub(crate) maptrack: Maptrack,
     pub(crate) vcpus: Box<[CachePadded<VcpuState>]>,
@@ -209,6 +260,7 @@ impl<D: Design> Domain<D> {
             privileged: cfg.privileged,
             state: AtomicU8::new(DomainState::Alive as u8),
             crashed: AtomicBool::new(false),
+            finalized: AtomicBool::new(false),
             gt: GrantTable::new(cfg.max_grant_frames, per_frame),
             maptrack: Maptrack::new(cfg.vcpus as usize, cfg.max_maptrack_frames, maptrack_per_frame),
             vcpus: (0..cfg.vcpus).map(|_| CachePadded::new(VcpuState::default())).collect(),
@@ -250,7 +302,9 @@ impl<D: Design> Domain<D> {
         self.vcpus.len() as u16
     }
     /// Life-cycle state.
+    #[inline]
     pub fn state(&self) -> DomainState {
+        // Acquire: pairs with the state transitions' Release (kill, end of teardown).
         match self.state.load(Ordering::Acquire) {
             0 => DomainState::Alive,
             1 => DomainState::Dying,

@@ -99,6 +99,23 @@ impl fmt::Display for DmaFault {
 
 impl std::error::Error for DmaFault {}
 
+/// Why a domain could not be killed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillError {
+    /// No such domain.
+    NoDomain,
+    /// It is already dying (another teardown owns it).
+    AlreadyDying,
+}
+
+impl fmt::Display for KillError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for KillError {}
+
 /// Why a vCPU context could not be entered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EnterError {
@@ -142,7 +159,7 @@ impl<D: Design> Hypervisor<D> {
     pub fn new(cfg: HypervisorConfig) -> Self {
         assert!(cfg.entries_per_frame.is_power_of_two() && cfg.maptrack_per_frame.is_power_of_two());
         Self {
-            machine: Machine::new(cfg.machine),
+            machine: Machine::new(cfg.machine, cfg.max_domains),
             registry: Registry::new(cfg.max_domains),
             pcpus: PcpuSet::new(cfg.pcpus),
             cfg,
@@ -214,7 +231,8 @@ impl<D: Design> Hypervisor<D> {
     fn release_memory(&self, d: &Domain<D>) {
         for gfn in 0..d.p2m.len() {
             if let Some(P2mEntry::Present(m) | P2mEntry::PagedOut(m)) = d.p2m.set(Gfn(gfn), P2mEntry::Absent) {
-                self.machine.put_page(m);
+                // The domain was never registered: nothing to finalise.
+                let _ = self.machine.put_page(m);
             }
         }
         d.gt.release_frames(&self.machine);
@@ -275,6 +293,95 @@ impl<D: Design> Hypervisor<D> {
     /// test and scenario tool for reaching `GNTST_eagain` and `GNTST_bad_page`.
     pub fn set_p2m(&self, dom: DomId, gfn: Gfn, e: P2mEntry) -> Option<P2mEntry> {
         self.registry.get_arc(dom)?.p2m.set(gfn, e)
+    }
+
+    /// `get_page` on the machine; finalises a zombie if the refused attempt freed its last
+    /// frame.
+    #[inline]
+    pub(crate) fn get_page(&self, mfn: crate::abi::Mfn, owner: DomId) -> bool {
+        let (got, freed) = self.machine.get_page(mfn, owner);
+        if let Some(z) = freed {
+            self.frames_gone(z);
+        }
+        got
+    }
+
+    /// `put_page` on the machine; finalises a zombie whose last frame this freed.
+    #[inline]
+    pub(crate) fn put_page(&self, mfn: crate::abi::Mfn) {
+        if let Some(z) = self.machine.put_page(mfn) {
+            self.frames_gone(z);
+        }
+    }
+
+    /// Domain `id` owns no RAM frame any more: if its teardown is over, destroy it for good.
+    pub(crate) fn frames_gone(&self, id: DomId) {
+        if let Some(d) = self.registry.get_arc(id) {
+            if d.state() == crate::domain::DomainState::Dead {
+                self.finalize(&d);
+            }
+        }
+    }
+
+    /// Final destruction (spec 11.1 `grant_table_destroy`): unregister the domain (its memory
+    /// is reclaimed once no lookup can hold it) and free its grant frames. Idempotent.
+    pub(crate) fn finalize(&self, d: &Domain<D>) {
+        if d
+            .finalized
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        self.registry.remove(d.id());
+        d.gt.release_frames(&self.machine);
+    }
+
+    /// Starts the destruction of domain `id` (the toolstack's `domain_kill`): marks it dying,
+    /// pauses it (waits until none of its vCPUs is inside a hypercall; later hypercalls of its
+    /// vCPUs fail with `-ESRCH`), and returns the preemptible teardown job. Other domains keep
+    /// running throughout; lookups and queries never wait for the job.
+    ///
+    /// ```
+    /// use gnttab::prelude::*;
+    ///
+    /// let hv = Hypervisor::<Fast>::new(HypervisorConfig::default());
+    /// let front = hv.create_domain(DomainConfig::new("front")).unwrap();
+    /// let back = hv.create_domain(DomainConfig::new("back")).unwrap();
+    /// hv.guest(front).unwrap().grant_access(GrantRef(1), back, Gfn(1), false).unwrap();
+    /// let mut cx = hv.vcpu(back, 0).unwrap();
+    /// let mut m = [MapGrantRef::new(front, GrantRef(1), GntMap::HOST_MAP, 0x7000)];
+    /// cx.map_grant_ref(&mut m).unwrap();
+    /// drop(cx);
+    ///
+    /// // The backend dies holding the mapping: teardown releases it.
+    /// let stats = hv.kill_domain(back).unwrap().run();
+    /// assert_eq!(stats.mappings_released, 1);
+    /// assert!(hv.domain(back).is_none()); // nothing referenced its pages: destroyed for good
+    /// assert!(hv.guest(front).unwrap().end_access(GrantRef(1)).unwrap());
+    /// hv.check().assert_ok();
+    /// ```
+    pub fn kill_domain(&self, id: DomId) -> Result<crate::teardown::Teardown<'_, D>, KillError> {
+        let d = self.registry.get_arc(id).ok_or(KillError::NoDomain)?;
+        d.state
+            .compare_exchange(
+                crate::domain::DomainState::Alive as u8,
+                crate::domain::DomainState::Dying as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map_err(|_| KillError::AlreadyDying)?;
+        // SeqCst fence: pairs with the fence in `VcpuCtx::enter_hypercall` (store-buffering
+        // pair): either the hypercall sees the domain dying, or we see it in flight and wait.
+        crate::sync::fence(Ordering::SeqCst);
+        for v in d.vcpus.iter() {
+            // Acquire: pairs with the Release clear at hypercall exit, so teardown sees
+            // everything the hypercall did.
+            while v.in_hypercall.load(Ordering::Acquire) {
+                crate::sync::yield_now();
+            }
+        }
+        Ok(crate::teardown::Teardown::new(self, d))
     }
 
     fn dma_frame(&self, dom: DomId, bus_addr: u64, len: usize, write: bool) -> Result<&crate::machine::Frame, DmaFault> {
@@ -362,7 +469,32 @@ impl<D: Design> Drop for VcpuCtx<'_, D> {
     }
 }
 
+/// Marks a vCPU as inside a hypercall for as long as it lives.
+pub(crate) struct InHypercall<'a>(&'a crate::sync::AtomicBool);
+
+impl Drop for InHypercall<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Release: the hypercall's effects happen-before a pausing killer's Acquire wait.
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 impl<'h, D: Design> VcpuCtx<'h, D> {
+    /// Enters a hypercall: fails with `-ESRCH` once the domain is dying (it is paused).
+    #[inline]
+    pub(crate) fn enter_hypercall(&self) -> Result<InHypercall<'_>, Errno> {
+        let flag = &self.dom.vcpus[self.vcpu as usize].in_hypercall;
+        flag.store(true, Ordering::Relaxed);
+        // SeqCst fence: pairs with the killer's fence (see `Hypervisor::kill_domain`).
+        crate::sync::fence(Ordering::SeqCst);
+        let g = InHypercall(flag);
+        if self.dom.state.load(Ordering::Relaxed) != crate::domain::DomainState::Alive as u8 {
+            return Err(Errno::Srch);
+        }
+        Ok(g)
+    }
+
     /// The calling domain's id.
     pub fn domain_id(&self) -> DomId {
         self.dom.id()
@@ -416,13 +548,19 @@ impl<'h, D: Design> VcpuCtx<'h, D> {
     /// assert!(hv.guest(front).unwrap().end_access(GrantRef(3)).unwrap());
     /// ```
     pub fn map_grant_ref(&mut self, ops: &mut [MapGrantRef]) -> Result<(), Errno> {
-        ops::map::map_grant_ref(self, ops);
+        let mut rng = self.rng;
+        {
+            let _in = self.enter_hypercall()?;
+            ops::map::map_grant_ref(self, &mut rng, ops);
+        }
+        self.rng = rng;
         Ok(())
     }
 
     /// `GNTTABOP_unmap_grant_ref` (spec 7): phase 1 for each element of a chunk of 32, one
     /// TLB flush, then phase 2 (pins, page references, status bits) for the chunk.
     pub fn unmap_grant_ref(&mut self, ops: &mut [UnmapGrantRef]) -> Result<(), Errno> {
+        let _in = self.enter_hypercall()?;
         ops::unmap::unmap_grant_ref(self, ops);
         Ok(())
     }
@@ -451,11 +589,13 @@ impl<'h, D: Design> VcpuCtx<'h, D> {
     /// assert_eq!(hv.domain(d).unwrap().nr_grant_frames(), 3);
     /// ```
     pub fn setup_table(&mut self, ops: &mut [SetupTable]) -> Result<(), Errno> {
+        let _in = self.enter_hypercall()?;
         ops::table::setup_table(self, ops)
     }
 
     /// `GNTTABOP_query_size` (spec 8.4): `ops` must hold exactly one element.
     pub fn query_size(&mut self, ops: &mut [QuerySize]) -> Result<(), Errno> {
+        let _in = self.enter_hypercall()?;
         ops::table::query_size(self, ops)
     }
 }

@@ -70,6 +70,7 @@ pub mod machine;
 pub mod maptrack;
 pub mod registry;
 pub mod table;
+pub mod teardown;
 
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -97,7 +98,8 @@ pub mod prelude {
     pub use crate::grant::{pin, EntrySnapshot};
     pub use crate::hooks::{HookAction, HookCtx, HookPoint, Hooks};
     pub use crate::inspect::{ActiveInfo, DomainSnapshot, EntryInfo, FrameInfo, MaptrackInfo, SlotInfo, StateSnapshot};
-    pub use crate::hypervisor::{DmaFault, EnterError, Guest, GuestError, Hypervisor, HypervisorConfig, VcpuCtx};
+    pub use crate::hypervisor::{DmaFault, EnterError, KillError, Guest, GuestError, Hypervisor, HypervisorConfig, VcpuCtx};
     pub use crate::machine::{AccessFault, HostAddr, MachineConfig, P2mEntry, Pte};
     pub use crate::registry::CreateError;
+    pub use crate::teardown::{Step, Teardown, TeardownStats};
 }

@@ -158,6 +158,46 @@ mod imp {
 
 pub(crate) use imp::*;
 
+/// A cell for data with an ownership discipline the type system cannot see (here: state
+/// touched only by the thread running a vCPU, or by teardown after the vCPU is paused). Under
+/// loom it is loom's `UnsafeCell`, so the model checker verifies the discipline.
+#[cfg(not(loom))]
+#[derive(Debug, Default)]
+pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) fn new(v: T) -> Self {
+        Self(core::cell::UnsafeCell::new(v))
+    }
+    /// Runs `f` with a mutable pointer to the contents; the caller guarantees exclusivity.
+    #[inline]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+#[cfg(loom)]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(loom::cell::UnsafeCell<T>);
+
+#[cfg(loom)]
+impl<T: Default> Default for UnsafeCell<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+#[cfg(loom)]
+impl<T> UnsafeCell<T> {
+    pub(crate) fn new(v: T) -> Self {
+        Self(loom::cell::UnsafeCell::new(v))
+    }
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        self.0.with_mut(f)
+    }
+}
+
 /// Pads and aligns a value to a cache line (128 bytes on x86-64, to cover the adjacent-line
 /// prefetcher), so per-vCPU state of two vCPUs never shares a line.
 pub(crate) use crossbeam_utils::CachePadded;

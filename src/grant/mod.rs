@@ -121,7 +121,8 @@ impl<D: Design> GrantTable<D> {
                 Some(m) => new.push(m),
                 None => {
                     for m in new {
-                        machine.put_page(m);
+                        // Hypervisor pages never make their owner a zombie.
+                        let _ = machine.put_page(m);
                     }
                     return Err(GntSt::GeneralError);
                 }
@@ -151,7 +152,8 @@ impl<D: Design> GrantTable<D> {
     /// Frees the table's frames (final destruction).
     pub(crate) fn release_frames(&self, machine: &Machine) {
         for m in self.frames.lock().drain(..) {
-            machine.put_page(m);
+            // Hypervisor pages never make their owner a zombie.
+            let _ = machine.put_page(m);
         }
     }
 }

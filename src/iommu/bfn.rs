@@ -143,6 +143,17 @@ impl BfnAllocator {
         }
     }
 
+    /// Forgets every allocation (the domain's IOMMU context is destroyed).
+    pub(crate) fn reset(&self) {
+        for c in self.caches.iter() {
+            *c.lock() = Cache::default();
+        }
+        let mut p = self.pool.lock();
+        p.full.clear();
+        p.loose.clear();
+        p.next = self.base;
+    }
+
     /// Every free BFN (caches and pool), for checks at quiescence.
     pub(crate) fn free_bfns(&self) -> BTreeSet<u64> {
         let mut s = BTreeSet::new();

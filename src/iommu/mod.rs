@@ -82,6 +82,16 @@ impl<P: IommuPolicy> IommuCtx<P> {
         }
     }
 
+    /// Clears every translation and flushes every vCPU's IOTLB view (context destroyed).
+    pub(crate) fn wipe(&self) {
+        self.table.for_each(|bfn, _| {
+            self.table.set_raw(bfn, Pte(0));
+        });
+        for v in 0..self.iotlb.len() {
+            self.flush(v);
+        }
+    }
+
     /// IOTLB flushes so far.
     pub(crate) fn flushes(&self) -> u64 {
         self.iotlb.iter().map(|t| t.flushes()).sum()
@@ -155,6 +165,11 @@ pub trait IommuPolicy: Send + Sync + Debug + Sized + 'static {
     /// After a chunk's phase 1 and before its phase 2.
     #[doc(hidden)]
     fn after_phase1<D: Design<Iommu = Self>>(env: &Env<'_, D>, io: &IommuCtx<Self>, pending: &mut Deferred);
+
+    /// Destroys a dying domain's IOMMU context (its devices are gone): every translation and
+    /// all bookkeeping, with no per-entry work on other domains.
+    #[doc(hidden)]
+    fn teardown(io: &IommuCtx<Self>);
 
     /// Checks the strategy's own invariants against the live mappings `(mfn, writable, bus)`
     /// of the domain; returns violations as text.
@@ -250,6 +265,11 @@ impl IommuPolicy for MfnRefcount {
 
     fn after_phase1<D: Design<Iommu = Self>>(_: &Env<'_, D>, _: &IommuCtx<Self>, _: &mut Deferred) {}
 
+    fn teardown(io: &IommuCtx<Self>) {
+        io.state.lock().clear();
+        io.wipe();
+    }
+
     fn check(io: &IommuCtx<Self>, live: &[(Mfn, bool, u64)]) -> Vec<String> {
         let mut want: BTreeMap<u64, Counts> = BTreeMap::new();
         for &(m, w, bus) in live {
@@ -336,6 +356,11 @@ impl IommuPolicy for PerMapBfn {
         for bfn in pending.drain() {
             io.state.free(v, bfn);
         }
+    }
+
+    fn teardown(io: &IommuCtx<Self>) {
+        io.wipe();
+        io.state.reset();
     }
 
     fn check(io: &IommuCtx<Self>, live: &[(Mfn, bool, u64)]) -> Vec<String> {

@@ -129,27 +129,28 @@ impl Frame {
         }
         if self.owner.load(Ordering::Acquire) as u16 == owner.0 {
             GetResult::Got
-        } else if self.put() {
-            GetResult::RefusedAndFreed
+        } else if let Some(o) = self.put() {
+            GetResult::RefusedAndFreed(o)
         } else {
             GetResult::Refused
         }
     }
 
-    /// Drops a page reference; true if it was the last one (the frame must go back to the
-    /// allocator).
-    pub(crate) fn put(&self) -> bool {
+    /// Drops a page reference; if it was the last one, marks the frame free and returns its
+    /// former owner word (the frame must go back to the allocator).
+    pub(crate) fn put(&self) -> Option<u32> {
         // Release: every use of the frame under this reference happens-before the free; the
         // Acquire fence below completes the pairing for the thread that frees.
         let prev = self.count.fetch_sub(1, Ordering::Release);
         assert!(prev != 0, "page reference underflow");
         if prev == 1 {
             crate::sync::fence(Ordering::Acquire);
-            self.owner
-                .store(DomId::INVALID.0 as u32, Ordering::Release);
-            true
+            Some(
+                self.owner
+                    .swap(DomId::INVALID.0 as u32, Ordering::AcqRel),
+            )
         } else {
-            false
+            None
         }
     }
 
@@ -246,6 +247,6 @@ impl Frame {
 pub(crate) enum GetResult {
     Got,
     Refused,
-    /// Refused, and putting back the speculative reference freed the frame.
-    RefusedAndFreed,
+    /// Refused, and putting back the speculative reference freed the frame (owner word).
+    RefusedAndFreed(u32),
 }

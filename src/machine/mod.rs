@@ -6,7 +6,7 @@
 //! paged out or absent; host page-table entries that can be created, validated and removed,
 //! with a removed translation staying reachable until the batch's TLB flush.
 
-mod frame;
+pub(crate) mod frame;
 mod host;
 mod p2m;
 
@@ -64,11 +64,15 @@ pub struct Machine {
     alloc: Mutex<AllocState>,
     max_frames: u64,
     allocated: AtomicU64,
+    /// RAM frames (not hypervisor pages) owned per domain id: a dying domain is destroyed
+    /// for good when its count reaches 0 (spec 11.3: a zombie lives while foreign mappings
+    /// hold its pages). Written only at allocation and free, never on map/unmap paths.
+    owned: Box<[AtomicU64]>,
 }
 
 impl Machine {
-    /// A machine with the given configuration.
-    pub fn new(cfg: MachineConfig) -> Self {
+    /// A machine with the given configuration, for domain ids below `max_domains`.
+    pub fn new(cfg: MachineConfig, max_domains: u16) -> Self {
         let segs = cfg.max_frames.div_ceil(FRAME_SEG as u64) as usize;
         let seg_len = (cfg.max_frames as usize).clamp(1, FRAME_SEG).next_power_of_two();
         Self {
@@ -77,6 +81,7 @@ impl Machine {
             alloc: Mutex::new(AllocState::default()),
             max_frames: cfg.max_frames,
             allocated: AtomicU64::new(0),
+            owned: (0..max_domains).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -125,37 +130,57 @@ impl Machine {
         let f = self.frame(Mfn(mfn)).expect("allocated frame exists");
         f.assign(owner, xenheap);
         self.allocated.fetch_add(1, Ordering::Relaxed);
+        if !xenheap {
+            if let Some(c) = self.owned.get(owner.0 as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         Some(Mfn(mfn))
     }
 
-    /// `get_page`: takes a page reference on `mfn` if `owner` owns it.
+    /// RAM frames domain `id` owns.
+    pub fn owned_frames(&self, id: DomId) -> u64 {
+        self.owned
+            .get(id.0 as usize)
+            .map_or(0, |c| c.load(Ordering::Acquire))
+    }
+
+    /// `get_page`: takes a page reference on `mfn` if `owner` owns it. A `Some` return means
+    /// the attempt freed the frame of that (dying) owner; see [`Machine::put_page`].
     #[inline]
-    pub(crate) fn get_page(&self, mfn: Mfn, owner: DomId) -> bool {
+    pub(crate) fn get_page(&self, mfn: Mfn, owner: DomId) -> (bool, Option<DomId>) {
         let Some(f) = self.frame(mfn) else {
-            return false;
+            return (false, None);
         };
         match f.try_get(owner) {
-            GetResult::Got => true,
-            GetResult::Refused => false,
-            GetResult::RefusedAndFreed => {
-                self.release_frame(mfn);
-                false
-            }
+            GetResult::Got => (true, None),
+            GetResult::Refused => (false, None),
+            GetResult::RefusedAndFreed(o) => (false, self.release_frame(mfn, o)),
         }
     }
 
-    /// `put_page`: drops a page reference; the last one frees the frame.
+    /// `put_page`: drops a page reference; the last one frees the frame. Returns the owner of
+    /// a freed RAM frame whose owned count reached 0 (a zombie the caller must finalise).
     #[inline]
-    pub(crate) fn put_page(&self, mfn: Mfn) {
+    #[must_use]
+    pub(crate) fn put_page(&self, mfn: Mfn) -> Option<DomId> {
         let f = self.frame(mfn).expect("put_page on a frame that does not exist");
-        if f.put() {
-            self.release_frame(mfn);
+        match f.put() {
+            Some(owner) => self.release_frame(mfn, owner),
+            None => None,
         }
     }
 
-    fn release_frame(&self, mfn: Mfn) {
+    fn release_frame(&self, mfn: Mfn, owner: u32) -> Option<DomId> {
         self.allocated.fetch_sub(1, Ordering::Relaxed);
         self.alloc.lock().free.push(mfn.0);
+        if owner & frame::OWNER_XENHEAP != 0 {
+            return None;
+        }
+        let id = DomId(owner as u16);
+        let c = self.owned.get(id.0 as usize)?;
+        // AcqRel: the last free of a domain's frames is ordered after every earlier one.
+        (c.fetch_sub(1, Ordering::AcqRel) == 1).then_some(id)
     }
 
     /// `get_page_type(PGT_writable_page)`.

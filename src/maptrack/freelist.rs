@@ -259,8 +259,15 @@ impl Maptrack {
             .collect()
     }
 
-    /// Number of vCPU free lists.
-    pub(crate) fn vcpus(&self) -> usize {
-        self.lists.len()
+    /// Teardown's end (spec 11.2: `maptrack_limit = 0`): no handle is valid any more and the
+    /// free lists are empty. The pages themselves are freed with the domain. Caller owns the
+    /// paused, dying domain.
+    pub(crate) fn retire_all(&self) {
+        let _g = self.grow_lock.lock();
+        // Release: pairs with the Acquire of `entry`'s bounds check.
+        self.limit.store(0, Ordering::Release);
+        for l in self.lists.iter() {
+            *l.lock() = FreeList::default();
+        }
     }
 }

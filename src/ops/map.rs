@@ -24,12 +24,11 @@ enum Track {
     Fast(usize),
 }
 
-pub(crate) fn map_grant_ref<D: Design>(cx: &mut VcpuCtx<'_, D>, ops: &mut [MapGrantRef]) {
+pub(crate) fn map_grant_ref<D: Design>(cx: &VcpuCtx<'_, D>, rng: &mut u64, ops: &mut [MapGrantRef]) {
     let g = reclaim::pin();
     let env = Env::of(cx);
-    let mut rng = cx.rng;
     for op in ops.iter_mut() {
-        match map_one(&env, &mut rng, op, &g) {
+        match map_one(&env, rng, op, &g) {
             Ok((handle, bus)) => {
                 op.status = GntSt::Okay;
                 op.handle = handle;
@@ -38,7 +37,6 @@ pub(crate) fn map_grant_ref<D: Design>(cx: &mut VcpuCtx<'_, D>, ops: &mut [MapGr
             Err(st) => op.status = st,
         }
     }
-    cx.rng = rng;
 }
 
 /// Steps 6-10 under the granter's read-side section and the entry lock.
@@ -147,6 +145,14 @@ fn map_one<'g, D: Design>(
         Track::Fast(i) => {
             D::Slots::slots(&pinned.e.active.ext)[i].publish(flags, op.host_addr, bus);
             counters.mapped(true);
+            // Remember where this domain holds a slot, for its teardown (owner-only log).
+            // SAFETY: this thread runs `env.vcpu` (VcpuCtx is exclusive) inside a hypercall.
+            let compact = ld.vcpus[env.vcpu as usize]
+                .hints
+                .with_mut(|h| unsafe { (*h).push(rd.id(), op.ref_.0) });
+            if compact {
+                crate::teardown::compact_hints(env.hv, g, env.cpu, ld, env.vcpu as usize);
+            }
             handle::encode_fast(rd.id(), op.ref_).expect("fast slot only for encodable refs")
         }
         Track::None => unreachable!("track decided above"),
@@ -166,6 +172,11 @@ fn pin_entry<'g, D: Design>(
 ) -> Result<Pinned<'g, SlotExt<D>>, GntSt> {
     let ro = flags.contains(GntMap::READONLY);
     let me = env.ld.id();
+    // A dying granter is being relinquished: refuse new maps outright (spec 6.2 note; Xen
+    // fails later, at step 9 or 11, once its memory is gone).
+    if rd.state() != crate::domain::DomainState::Alive {
+        return Err(GntSt::GeneralError);
+    }
     // 6. The validity check (under Xen's read lock; lock-free for the Fast design).
     let _rl = env.read(rd);
     let e = rd.gt.entry(gref).ok_or(GntSt::BadGntref)?;
@@ -234,7 +245,7 @@ fn take_refs<D: Design>(
     // The first part's reference: step 9 took it if this map pinned the entry; otherwise
     // take it now ("page_get_owner_and_reference"), which also checks the owner.
     if t.refs == 0 {
-        if !m.get_page(mfn, rd.id()) {
+        if !env.hv.get_page(mfn, rd.id()) {
             return Err(GntSt::GeneralError);
         }
         t.refs = 1;
@@ -247,7 +258,7 @@ fn take_refs<D: Design>(
     }
     if flags.contains(GntMap::HOST_MAP) {
         if flags.contains(GntMap::DEVICE_MAP) {
-            if !m.get_page(mfn, rd.id()) {
+            if !env.hv.get_page(mfn, rd.id()) {
                 return Err(GntSt::GeneralError);
             }
             t.refs += 1;
@@ -311,7 +322,7 @@ fn undo<D: Design>(
         m.put_writable_type(p.mfn);
     }
     for _ in 0..t.refs {
-        m.put_page(p.mfn);
+        env.hv.put_page(p.mfn);
     }
     {
         let _rl = env.read(rd);

@@ -8,9 +8,10 @@ pub(crate) mod map;
 pub(crate) mod table;
 pub(crate) mod unmap;
 
-use crate::abi::{DomId, GntMap, GntSt, Gfn, Mfn};
+use crate::abi::{GntMap, GntSt, Gfn, Mfn};
 use crate::design::Design;
 use crate::domain::Domain;
+use crate::grant::{ActiveData, SharedEntry};
 use crate::hypervisor::{Hypervisor, VcpuCtx};
 use crate::machine::{HostAddr, P2mEntry, Tlb};
 
@@ -47,6 +48,37 @@ impl<'a, D: Design> Env<'a, D> {
     }
 }
 
+/// Drops the page and type references held by the removed `parts` of a mapping of `mfn`
+/// (host and/or device bits, plus `READONLY` for a read-only mapping), as unmap phase 2,
+/// map undo and teardown do.
+#[inline]
+pub(crate) fn put_refs<D: Design>(hv: &Hypervisor<D>, ld: &Domain<D>, rd: &Domain<D>, mfn: Mfn, parts: GntMap) {
+    let ro = parts.contains(GntMap::READONLY);
+    if parts.contains(GntMap::DEVICE_MAP) {
+        if !ro {
+            hv.machine.put_writable_type(mfn);
+        }
+        hv.put_page(mfn);
+    }
+    if parts.contains(GntMap::HOST_MAP) {
+        if host_takes_type_ref(ro, ld, rd) {
+            hv.machine.put_writable_type(mfn);
+        }
+        hv.put_page(mfn);
+    }
+}
+
+/// Removes the uses `parts` from the pin and clears the status bits the drop makes stale
+/// (`reduce_status_for_pin`, spec 3.2). Caller holds the entry lock.
+#[inline]
+pub(crate) fn unpin_and_clear(act: &mut ActiveData, shared: &SharedEntry, parts: GntMap) {
+    act.unpin(parts);
+    let clear = act.status_to_clear(parts.contains(GntMap::READONLY));
+    if clear != 0 {
+        shared.clear_status(clear);
+    }
+}
+
 /// `get_paged_frame`: translates the granter's gfn and takes a page reference.
 #[inline]
 pub(crate) fn get_paged_frame<D: Design>(
@@ -58,7 +90,7 @@ pub(crate) fn get_paged_frame<D: Design>(
         P2mEntry::Absent => Err(GntSt::BadPage),
         P2mEntry::PagedOut(_) => Err(GntSt::Eagain),
         P2mEntry::Present(mfn) => {
-            if hv.machine.get_page(mfn, rd.id()) {
+            if hv.get_page(mfn, rd.id()) {
                 Ok(mfn)
             } else {
                 // Not the granter's page (foreign-owned or freed).
@@ -86,8 +118,3 @@ pub(crate) fn host_slot<D: Design>(ld: &Domain<D>, host_addr: u64, flags: GntMap
     ld.aspace.slot_of(a)
 }
 
-/// Whether `d` is `me` (used for "self" grants).
-#[inline]
-pub(crate) fn is_self(d: DomId, me: DomId) -> bool {
-    d == me
-}

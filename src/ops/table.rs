@@ -27,7 +27,7 @@ fn may_manage<D: Design>(cx: &VcpuCtx<'_, D>, d: &Domain<D>) -> bool {
 }
 
 pub(crate) fn setup_table<D: Design>(
-    cx: &mut VcpuCtx<'_, D>,
+    cx: &VcpuCtx<'_, D>,
     ops: &mut [SetupTable],
 ) -> Result<(), Errno> {
     let [op] = ops else {
@@ -56,7 +56,7 @@ fn setup_one<D: Design>(cx: &VcpuCtx<'_, D>, op: &mut SetupTable, g: &Guard) -> 
 }
 
 pub(crate) fn query_size<D: Design>(
-    cx: &mut VcpuCtx<'_, D>,
+    cx: &VcpuCtx<'_, D>,
     ops: &mut [QuerySize],
 ) -> Result<(), Errno> {
     let [op] = ops else {

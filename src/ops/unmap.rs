@@ -6,7 +6,7 @@
 //! does phase 2 drop references and pins and clear `GTF_reading`/`GTF_writing`, so the granter
 //! never sees its grant free while a stale translation could still reach the page (XSA-218).
 
-use super::{host_slot, host_takes_type_ref, Env};
+use super::{host_slot, put_refs, unpin_and_clear, Env};
 use crate::abi::{GntMap, GntSt, GrantRef, Mfn, UnmapGrantRef, GNTTAB_UNMAP_BATCH_SIZE};
 use crate::design::{Design, SlotExt};
 use crate::domain::Domain;
@@ -19,7 +19,7 @@ use crate::maptrack::{select_slot, FastSlot, MaptrackEntry, SlotPolicy};
 use crate::reclaim::{self, Guard};
 use crate::sync::Ordering;
 
-pub(crate) fn unmap_grant_ref<D: Design>(cx: &mut VcpuCtx<'_, D>, ops: &mut [UnmapGrantRef]) {
+pub(crate) fn unmap_grant_ref<D: Design>(cx: &VcpuCtx<'_, D>, ops: &mut [UnmapGrantRef]) {
     let g = reclaim::pin();
     let env = Env::of(cx);
     for chunk in ops.chunks_mut(GNTTAB_UNMAP_BATCH_SIZE) {
@@ -289,25 +289,8 @@ fn remove_host_mapping<D: Design>(
 
 /// Phase 2 (`unmap_common_complete`), after the flush: references, pins, status bits.
 fn phase2<D: Design>(env: &Env<'_, D>, d: Done<'_, D>) {
-    let m = &env.hv.machine;
-    let ro = d.parts.contains(GntMap::READONLY);
     let _rl = env.read(d.rd);
     let mut act = d.e.active.lock();
-    if d.parts.contains(GntMap::DEVICE_MAP) {
-        if !ro {
-            m.put_writable_type(d.mfn);
-        }
-        m.put_page(d.mfn);
-    }
-    if d.parts.contains(GntMap::HOST_MAP) {
-        if host_takes_type_ref(ro, env.ld, d.rd) {
-            m.put_writable_type(d.mfn);
-        }
-        m.put_page(d.mfn);
-    }
-    act.unpin(d.parts);
-    let clear = act.status_to_clear(ro);
-    if clear != 0 {
-        d.e.shared.clear_status(clear);
-    }
+    put_refs(env.hv, env.ld, d.rd, d.mfn, d.parts);
+    unpin_and_clear(&mut act, d.e.shared, d.parts);
 }

@@ -67,6 +67,17 @@ impl PcpuSet {
         Some(i)
     }
 
+    /// Takes a free slot, waiting for one if all are busy (toolstack work such as teardown
+    /// steps, which must run on some pCPU).
+    pub(crate) fn acquire_wait(&self) -> usize {
+        loop {
+            if let Some(i) = self.acquire() {
+                return i;
+            }
+            crate::sync::yield_now();
+        }
+    }
+
     /// Returns a slot (the context stops running).
     pub fn release(&self, i: usize) {
         debug_assert_eq!(self.slots[i].load(Ordering::Relaxed), 0, "pCPU released with a read lock held");
