@@ -308,6 +308,8 @@ pub mod op {
     pub const UNMAP_GRANT_REF: u32 = 1;
     /// `GNTTABOP_setup_table`.
     pub const SETUP_TABLE: u32 = 2;
+    /// `GNTTABOP_copy`.
+    pub const COPY: u32 = 5;
     /// `GNTTABOP_query_size`.
     pub const QUERY_SIZE: u32 = 6;
     /// `GNTTABOP_get_version`.
@@ -404,6 +406,73 @@ pub struct QuerySize {
     pub status: GntSt,
 }
 
+/// `GNTCOPY_*` flags of a copy element.
+pub mod gntcopy {
+    /// The source is a grant reference (else a frame of the caller).
+    pub const SOURCE_GREF: u16 = 1 << 0;
+    /// The destination is a grant reference (else a frame of the caller).
+    pub const DEST_GREF: u16 = 1 << 1;
+}
+
+/// One side of a copy (`struct gnttab_copy_ptr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CopyPtr {
+    /// A grant ref (low 32 bits) when the side's `_GREF` flag is set, else a gfn of the caller.
+    pub u: u64,
+    /// The domain owning the grant, or `DOMID_SELF` for a frame of the caller.
+    pub domid: DomId,
+    /// Byte offset in the page.
+    pub offset: u16,
+}
+
+impl CopyPtr {
+    /// A side naming grant `r` of domain `domid`.
+    pub fn gref(domid: DomId, r: GrantRef, offset: u16) -> Self {
+        Self {
+            u: u64::from(r.0),
+            domid,
+            offset,
+        }
+    }
+    /// A side naming the caller's own frame `gfn` (domid `DOMID_SELF`).
+    pub fn gmfn(gfn: Gfn, offset: u16) -> Self {
+        Self {
+            u: gfn.0,
+            domid: DomId::SELF,
+            offset,
+        }
+    }
+}
+
+/// `struct gnttab_copy`: copy `len` bytes from `source` to `dest` inside the hypervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GnttabCopy {
+    /// IN: where to read.
+    pub source: CopyPtr,
+    /// IN: where to write.
+    pub dest: CopyPtr,
+    /// IN: bytes to copy (0 is a no-op that validates nothing).
+    pub len: u16,
+    /// IN: `GNTCOPY_*`.
+    pub flags: u16,
+    /// OUT: result.
+    pub status: GntSt,
+}
+
+impl GnttabCopy {
+    /// A copy element with the given inputs; flags follow from the sides' kinds.
+    pub fn new(source: CopyPtr, source_is_gref: bool, dest: CopyPtr, dest_is_gref: bool, len: u16) -> Self {
+        Self {
+            source,
+            dest,
+            len,
+            flags: if source_is_gref { gntcopy::SOURCE_GREF } else { 0 }
+                | if dest_is_gref { gntcopy::DEST_GREF } else { 0 },
+            status: GntSt::Okay,
+        }
+    }
+}
+
 /// One grant-table hypercall: the opcode with its argument array, as `grant_table_op(cmd,
 /// uop, count)` receives them (`count` is the slice length).
 #[derive(Debug)]
@@ -416,6 +485,8 @@ pub enum GnttabOp<'a> {
     SetupTable(&'a mut [SetupTable]),
     /// `GNTTABOP_query_size` (count must be 1).
     QuerySize(&'a mut [QuerySize]),
+    /// `GNTTABOP_copy`.
+    Copy(&'a mut [GnttabCopy]),
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ pub enum HookPoint {
     /// Map, spec 6.2 step 12: an IOMMU translation is about to be created for a mapper in
     /// strict mode. `Fail` makes the IOMMU operation fail (`GNTST_general_error`, map undone).
     IommuMap,
+    /// Copy: before every element but the first. `Fail` preempts the hypercall there: cached
+    /// buffers are released and the remaining elements run as a continuation (XSA-318).
+    CopyPreempt,
     /// Unmap: phase 1 of a chunk is done (statuses written, host entries removed), the TLB
     /// flush has not happened yet: removed translations are still reachable.
     UnmapBeforeFlush,

@@ -88,7 +88,7 @@ pub use hypervisor::{Guest, Hypervisor, HypervisorConfig, VcpuCtx};
 /// Everything a typical user needs.
 pub mod prelude {
     pub use crate::abi::{
-        gtf, DomId, Errno, Gfn, GntMap, GntSt, GnttabOp, GrantHandle, GrantRef, MapGrantRef,
+        gntcopy, gtf, CopyPtr, DomId, Errno, Gfn, GntMap, GntSt, GnttabCopy, GnttabOp, GrantHandle, GrantRef, MapGrantRef,
         Mfn, QuerySize, SetupTable, UnmapGrantRef,
     };
     pub use crate::check::{CheckOptions, CheckReport, Violation};

@@ -4,6 +4,7 @@
 //! table read-side section costs ([`TableSync`](crate::table::TableSync)) and where a mapping
 //! is recorded ([`SlotPolicy`](crate::maptrack::SlotPolicy)).
 
+pub(crate) mod copy;
 pub(crate) mod map;
 pub(crate) mod table;
 pub(crate) mod unmap;
