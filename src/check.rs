@@ -145,6 +145,7 @@ impl<D: Design> Hypervisor<D> {
         let mut host_parts: BTreeMap<(DomId, Mfn), u64> = BTreeMap::new();
         // Live non-self mappings of strict-IOMMU mappers: (mfn, writable, bus).
         let mut io_live: BTreeMap<DomId, Vec<(Mfn, bool, u64)>> = BTreeMap::new();
+        let mut mapper_counts: BTreeMap<DomId, u64> = BTreeMap::new();
 
         for (&gid, g) in &doms {
             for i in 0..g.gt.nr_entries() {
@@ -155,6 +156,7 @@ impl<D: Design> Hypervisor<D> {
                 for l in &maps {
                     r.mappings += 1;
                     r.fast_mappings += l.fast as usize;
+                    *mapper_counts.entry(l.mapper).or_default() += 1;
                     let ro = l.flags.contains(GntMap::READONLY);
                     if l.mapper != gid && doms.get(&l.mapper).is_some_and(|m| m.needs_iommu()) {
                         io_live.entry(l.mapper).or_default().push((act.mfn, !ro, l.bus));
@@ -216,6 +218,22 @@ impl<D: Design> Hypervisor<D> {
                         "{mfn:?}: {} writable type references, expected {want_t}",
                         f.writable_type_count()
                     ),
+                );
+            }
+        }
+
+        // Map quotas: every unit is idle or held by a live map of the domain.
+        let per_mapper = &mapper_counts;
+        for (&id, d) in &doms {
+            let Some(q) = d.quota() else { continue };
+            if d.state() == crate::domain::DomainState::Dying {
+                continue;
+            }
+            let live = per_mapper.get(&id).copied().unwrap_or(0);
+            if u64::from(q.idle()) + live != u64::from(q.limit()) {
+                r.push(
+                    "quota",
+                    format!("{id:?}: {} idle units + {live} live maps != limit {}", q.idle(), q.limit()),
                 );
             }
         }

@@ -4,6 +4,8 @@ use crate::abi::{DomId, Gfn, DEFAULT_MAX_GRANT_FRAMES, DEFAULT_MAX_MAPTRACK_FRAM
 use crate::design::Design;
 use crate::grant::GrantTable;
 use crate::iommu::{IommuCtx, IommuMode};
+use crate::maptrack::SlotPolicy;
+use crate::quota::{MapLimit, MapQuota};
 use crate::machine::{AddressSpace, P2m, P2mEntry, Tlb};
 use crate::maptrack::Maptrack;
 use crate::sync::{AtomicBool, AtomicU64, AtomicU8, CachePadded, Ordering, UnsafeCell};
@@ -41,6 +43,8 @@ pub struct DomainConfig {
     pub iommu: IommuMode,
     /// Size of the per-map bus-address region in frames (designs with per-map bus frames).
     pub bus_frames: u64,
+    /// Limit on live grant maps by this domain (see [`MapLimit`]).
+    pub map_limit: MapLimit,
 }
 
 impl DomainConfig {
@@ -57,7 +61,13 @@ impl DomainConfig {
             host_pages: 1 << 20,
             iommu: IommuMode::Off,
             bus_frames: 1 << 20,
+            map_limit: MapLimit::Default,
         }
+    }
+    /// Sets the map limit.
+    pub fn map_limit(mut self, l: MapLimit) -> Self {
+        self.map_limit = l;
+        self
     }
     /// Sets the IOMMU mode.
     pub fn iommu(mut self, m: IommuMode) -> Self {
@@ -238,6 +248,8 @@ pub struct Domain<D: Design> {
     pub(crate) aspace: AddressSpace,
     /// IOMMU state, present when grant maps must update the IOMMU (strict PV).
     pub(crate) iommu: Option<IommuCtx<D::Iommu>>,
+    /// Live-map quota, present when the domain's maps are limited beyond its maptrack.
+    pub(crate) quota: Option<MapQuota>,
 }
 
 impl<D: Design> Domain<D> {
@@ -253,6 +265,14 @@ impl<D: Design> Domain<D> {
         // follows its P2M, so grant maps need no extra work).
         let iommu = (cfg.iommu == IommuMode::Strict && cfg.kind == DomainKind::Pv)
             .then(|| IommuCtx::new(cfg.vcpus as usize, ram_frames, cfg.bus_frames, flush_cost));
+        let limit = match cfg.map_limit {
+            MapLimit::Off => None,
+            MapLimit::Limit(n) => Some(n),
+            // Inline slots escape the maptrack bound: restore Xen's handle capacity.
+            MapLimit::Default => D::Slots::ENABLED
+                .then(|| cfg.max_maptrack_frames.saturating_mul(maptrack_per_frame)),
+        };
+        let quota = limit.map(|n| MapQuota::new(n, cfg.vcpus as usize));
         Self {
             id,
             name: cfg.name.clone().into_boxed_str(),
@@ -267,6 +287,7 @@ impl<D: Design> Domain<D> {
             p2m: P2m::new(cfg.memory_pages),
             aspace: AddressSpace::new(cfg.host_pages),
             iommu,
+            quota,
         }
     }
 
@@ -292,6 +313,10 @@ impl<D: Design> Domain<D> {
     #[inline]
     pub fn needs_iommu(&self) -> bool {
         self.iommu.is_some()
+    }
+    /// The live-map quota, if the domain has one.
+    pub fn quota(&self) -> Option<&MapQuota> {
+        self.quota.as_ref()
     }
     /// Whether the domain is a control domain.
     pub fn privileged(&self) -> bool {

@@ -68,6 +68,7 @@ pub mod inspect;
 pub mod iommu;
 pub mod machine;
 pub mod maptrack;
+pub mod quota;
 pub mod registry;
 pub mod table;
 pub mod teardown;
@@ -94,6 +95,7 @@ pub mod prelude {
     pub use crate::check::{CheckOptions, CheckReport, Violation};
     pub use crate::design::{Design, Fast, FastNoSlots, Xen, XenFastSlots, XenPerMapBfn, XenPlainRw};
     pub use crate::iommu::IommuMode;
+    pub use crate::quota::MapLimit;
     pub use crate::domain::{Domain, DomainConfig, DomainKind, DomainState, DomainStats};
     pub use crate::grant::{pin, EntrySnapshot};
     pub use crate::hooks::{HookAction, HookCtx, HookPoint, Hooks};

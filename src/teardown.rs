@@ -156,7 +156,11 @@ impl<'h, D: Design> Teardown<'h, D> {
                     };
                     *budget -= 1;
                     self.stats.visited += 1;
-                    self.stats.mappings_released += release_fast(self.hv, g, cpu, d, gid, gref);
+                    let n = release_fast(self.hv, g, cpu, d, gid, gref);
+                    self.stats.mappings_released += n;
+                    if let Some(q) = &d.quota {
+                        q.release_to_pool(n as u32);
+                    }
                 }
                 self.phase
             }
@@ -166,7 +170,11 @@ impl<'h, D: Design> Teardown<'h, D> {
                     c -= 1;
                     *budget -= 1;
                     self.stats.visited += 1;
-                    self.stats.mappings_released += release_slow(self.hv, g, cpu, d, c);
+                    let n = release_slow(self.hv, g, cpu, d, c);
+                    self.stats.mappings_released += n;
+                    if let Some(q) = &d.quota {
+                        q.release_to_pool(n as u32);
+                    }
                 }
                 if c == 0 {
                     // Xen: maptrack_limit = 0 at the end; no handle is valid any more.
@@ -207,6 +215,9 @@ impl<'h, D: Design> Teardown<'h, D> {
                 }
                 if let Some(io) = &d.iommu {
                     D::Iommu::teardown(io);
+                }
+                if let Some(q) = &d.quota {
+                    q.drain();
                 }
                 *budget = budget.saturating_sub(1);
                 Phase::Finish

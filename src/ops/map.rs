@@ -108,11 +108,21 @@ fn map_one<'g, D: Design>(
         }
     }
 
-    // 11. Page and type references, host mapping; no grant lock held.
+    // The live-map quota (designs whose maps escape the maptrack bound): one unit per map,
+    // held until the record is released.
     let mut taken = Taken {
         refs: pinned.got_ref as u32,
         ..Taken::default()
     };
+    if let Some(q) = &ld.quota {
+        if !q.take(env.vcpu as usize) {
+            undo(env, rd, &pinned, flags, incr, taken, track);
+            return Err(GntSt::NoSpace);
+        }
+        taken.quota = true;
+    }
+
+    // 11. Page and type references, host mapping; no grant lock held.
     if let Err(st) = take_refs(env, rd, op, flags, mfn, &mut taken) {
         undo(env, rd, &pinned, flags, incr, taken, track);
         return Err(st);
@@ -229,6 +239,8 @@ struct Taken {
     refs: u32,
     types: u32,
     host_slot: Option<(u64, Pte)>,
+    /// A unit of the mapper's quota.
+    quota: bool,
 }
 
 /// Step 11.
@@ -338,5 +350,10 @@ fn undo<D: Design>(
     }
     if let Track::Slow(h) = track {
         env.ld.maptrack.put_handle(h);
+    }
+    if t.quota {
+        if let Some(q) = &env.ld.quota {
+            q.put(env.vcpu as usize);
+        }
     }
 }

@@ -239,6 +239,9 @@ fn finish<'g, D: Design>(
         if let Record::Slow { h, .. } = rec {
             env.ld.maptrack.put_handle(h);
         }
+        if let Some(q) = &env.ld.quota {
+            q.put(env.vcpu as usize);
+        }
         // 14. The IOMMU translation lives as long as the record (XSA-394: dropped only when
         //     both parts are gone).
         if let Some(io) = &env.ld.iommu {
