@@ -316,6 +316,10 @@ impl<D: Design> Hypervisor<D> {
 
     /// Domain `id` owns no RAM frame any more: if its teardown is over, destroy it for good.
     pub(crate) fn frames_gone(&self, id: DomId) {
+        // SeqCst fence: pairs with the one in the teardown's last step (store Dead, fence, load
+        // the owned count): either it sees our count reach 0, or we see Dead; possibly both,
+        // and `finalize` is idempotent.
+        crate::sync::fence(Ordering::SeqCst);
         if let Some(d) = self.registry.get_arc(id) {
             if d.state() == crate::domain::DomainState::Dead {
                 self.finalize(&d);

@@ -225,6 +225,9 @@ impl<'h, D: Design> Teardown<'h, D> {
             Phase::Finish => {
                 // Release: the whole teardown happens-before anyone who sees Dead.
                 d.state.store(DomainState::Dead as u8, Ordering::Release);
+                // SeqCst fence: pairs with `Hypervisor::frames_gone` (an unmap freeing the
+                // zombie's last frame concurrently): one of us finalises.
+                crate::sync::fence(Ordering::SeqCst);
                 if self.hv.machine.owned_frames(d.id()) == 0 {
                     self.hv.finalize(d);
                     self.stats.destroyed = true;
