@@ -461,13 +461,22 @@ pub struct GnttabCopy {
 
 impl GnttabCopy {
     /// A copy element with the given inputs; flags follow from the sides' kinds.
-    pub fn new(source: CopyPtr, source_is_gref: bool, dest: CopyPtr, dest_is_gref: bool, len: u16) -> Self {
+    pub fn new(
+        source: CopyPtr,
+        source_is_gref: bool,
+        dest: CopyPtr,
+        dest_is_gref: bool,
+        len: u16,
+    ) -> Self {
         Self {
             source,
             dest,
             len,
-            flags: if source_is_gref { gntcopy::SOURCE_GREF } else { 0 }
-                | if dest_is_gref { gntcopy::DEST_GREF } else { 0 },
+            flags: if source_is_gref {
+                gntcopy::SOURCE_GREF
+            } else {
+                0
+            } | if dest_is_gref { gntcopy::DEST_GREF } else { 0 },
             status: GntSt::Okay,
         }
     }

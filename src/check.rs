@@ -24,8 +24,8 @@ use crate::design::Design;
 use crate::domain::Domain;
 use crate::grant::pin;
 use crate::hypervisor::Hypervisor;
-use crate::machine::P2mEntry;
 use crate::iommu::IommuPolicy;
+use crate::machine::P2mEntry;
 use crate::maptrack::{SlotPolicy, SlotState, MAPTRACK_TAIL};
 use crate::sync::{Arc, Ordering};
 use std::collections::{BTreeMap, BTreeSet};
@@ -152,14 +152,26 @@ impl<D: Design> Hypervisor<D> {
                 let e = g.gt.entry(GrantRef(i)).expect("below nr_entries");
                 let act = *e.active.lock();
                 let maps = live.remove(&(gid, i)).unwrap_or_default();
-                self.check_entry(&mut r, opts, gid, g, i, &act, e.shared.snapshot().flags, &maps);
+                self.check_entry(
+                    &mut r,
+                    opts,
+                    gid,
+                    g,
+                    i,
+                    &act,
+                    e.shared.snapshot().flags,
+                    &maps,
+                );
                 for l in &maps {
                     r.mappings += 1;
                     r.fast_mappings += l.fast as usize;
                     *mapper_counts.entry(l.mapper).or_default() += 1;
                     let ro = l.flags.contains(GntMap::READONLY);
                     if l.mapper != gid && doms.get(&l.mapper).is_some_and(|m| m.needs_iommu()) {
-                        io_live.entry(l.mapper).or_default().push((act.mfn, !ro, l.bus));
+                        io_live
+                            .entry(l.mapper)
+                            .or_default()
+                            .push((act.mfn, !ro, l.bus));
                     }
                     if l.flags.contains(GntMap::DEVICE_MAP) {
                         *refs.entry(act.mfn).or_default() += 1;
@@ -181,7 +193,10 @@ impl<D: Design> Hypervisor<D> {
         for ((gid, i), maps) in live {
             r.push(
                 "2",
-                format!("{} mapping(s) of {gid:?} g{i}, which has no such entry or domain", maps.len()),
+                format!(
+                    "{} mapping(s) of {gid:?} g{i}, which has no such entry or domain",
+                    maps.len()
+                ),
             );
         }
 
@@ -189,7 +204,9 @@ impl<D: Design> Hypervisor<D> {
         for (&id, d) in &doms {
             let mut own = BTreeSet::new();
             for gfn in 0..d.p2m.len() {
-                if let P2mEntry::Present(m) | P2mEntry::PagedOut(m) = d.p2m.lookup(crate::abi::Gfn(gfn)) {
+                if let P2mEntry::Present(m) | P2mEntry::PagedOut(m) =
+                    d.p2m.lookup(crate::abi::Gfn(gfn))
+                {
                     if self.machine.frame(m).and_then(|f| f.owner()) == Some(id) {
                         own.insert(m);
                     }
@@ -233,7 +250,11 @@ impl<D: Design> Hypervisor<D> {
             if u64::from(q.idle()) + live != u64::from(q.limit()) {
                 r.push(
                     "quota",
-                    format!("{id:?}: {} idle units + {live} live maps != limit {}", q.idle(), q.limit()),
+                    format!(
+                        "{id:?}: {} idle units + {live} live maps != limit {}",
+                        q.idle(),
+                        q.limit()
+                    ),
                 );
             }
         }
@@ -251,7 +272,13 @@ impl<D: Design> Hypervisor<D> {
             }
             for (k, t) in io.iotlb.iter().enumerate() {
                 if t.stale_len() != 0 {
-                    r.push("iotlb", format!("{id:?} v{k}: {} stale IOTLB entries unflushed", t.stale_len()));
+                    r.push(
+                        "iotlb",
+                        format!(
+                            "{id:?} v{k}: {} stale IOTLB entries unflushed",
+                            t.stale_len()
+                        ),
+                    );
                 }
             }
         }
@@ -260,12 +287,20 @@ impl<D: Design> Hypervisor<D> {
         for (&id, d) in &doms {
             for (k, v) in d.vcpus.iter().enumerate() {
                 if v.tlb.stale_len() != 0 {
-                    r.push("tlb", format!("{id:?} v{k}: {} stale translations unflushed", v.tlb.stale_len()));
+                    r.push(
+                        "tlb",
+                        format!(
+                            "{id:?} v{k}: {} stale translations unflushed",
+                            v.tlb.stale_len()
+                        ),
+                    );
                 }
             }
             // A dying domain's page tables are destroyed at the end of its teardown; until then
             // its grant PTEs outlive the records teardown already released.
-            if opts.tampered_page_tables.contains(&id) || d.state() == crate::domain::DomainState::Dying {
+            if opts.tampered_page_tables.contains(&id)
+                || d.state() == crate::domain::DomainState::Dying
+            {
                 continue;
             }
             let mut ptes: BTreeMap<Mfn, u64> = BTreeMap::new();
@@ -308,14 +343,17 @@ impl<D: Design> Hypervisor<D> {
             let flags = e.flags.load(Ordering::Acquire);
             if flags != 0 {
                 used.insert(h);
-                live.entry((DomId(e.domid.load(Ordering::Relaxed) as u16), e.gref.load(Ordering::Relaxed)))
-                    .or_default()
-                    .push(Live {
-                        mapper: mid,
-                        flags: GntMap::from_bits_retain(flags),
-                        fast: false,
-                        bus: e.bus.load(Ordering::Relaxed),
-                    });
+                live.entry((
+                    DomId(e.domid.load(Ordering::Relaxed) as u16),
+                    e.gref.load(Ordering::Relaxed),
+                ))
+                .or_default()
+                .push(Live {
+                    mapper: mid,
+                    flags: GntMap::from_bits_retain(flags),
+                    fast: false,
+                    bus: e.bus.load(Ordering::Relaxed),
+                });
             }
         }
         let mut free = BTreeSet::new();
@@ -324,7 +362,10 @@ impl<D: Design> Hypervisor<D> {
                 continue;
             }
             if list.head == MAPTRACK_TAIL || list.tail == MAPTRACK_TAIL {
-                r.push("6", format!("{mid:?} v{v}: half-initialised free list {list:?}"));
+                r.push(
+                    "6",
+                    format!("{mid:?} v{v}: half-initialised free list {list:?}"),
+                );
                 continue;
             }
             if chain.last() != Some(&list.tail) {
@@ -332,18 +373,33 @@ impl<D: Design> Hypervisor<D> {
             }
             let tail_next = mt.entry(list.tail).map(|e| e.gref.load(Ordering::Relaxed));
             if tail_next != Some(MAPTRACK_TAIL) {
-                r.push("6", format!("{mid:?} v{v}: tail {} is not a sentinel (next {tail_next:?})", list.tail));
+                r.push(
+                    "6",
+                    format!(
+                        "{mid:?} v{v}: tail {} is not a sentinel (next {tail_next:?})",
+                        list.tail
+                    ),
+                );
             }
             for h in chain {
                 if used.contains(&h) {
-                    r.push("6", format!("{mid:?}: handle {h} is in use and on v{v}'s free list"));
+                    r.push(
+                        "6",
+                        format!("{mid:?}: handle {h} is in use and on v{v}'s free list"),
+                    );
                 }
                 if !free.insert(h) {
-                    r.push("6", format!("{mid:?}: handle {h} is on two free lists (or twice on one)"));
+                    r.push(
+                        "6",
+                        format!("{mid:?}: handle {h} is on two free lists (or twice on one)"),
+                    );
                 }
                 let owner = mt.entry(h).map(|e| e.vcpu.load(Ordering::Relaxed));
                 if owner != Some(v as u32) {
-                    r.push("6", format!("{mid:?}: handle {h} on v{v}'s list but owned by {owner:?}"));
+                    r.push(
+                        "6",
+                        format!("{mid:?}: handle {h} on v{v}'s list but owned by {owner:?}"),
+                    );
                 }
             }
         }
@@ -352,7 +408,11 @@ impl<D: Design> Hypervisor<D> {
         if !dismantling && free.len() + used.len() != limit as usize {
             r.push(
                 "6",
-                format!("{mid:?}: {} free + {} used != maptrack_limit {limit}", free.len(), used.len()),
+                format!(
+                    "{mid:?}: {} free + {} used != maptrack_limit {limit}",
+                    free.len(),
+                    used.len()
+                ),
             );
         }
     }
@@ -375,7 +435,10 @@ impl<D: Design> Hypervisor<D> {
             if l.mapper != act.domid || act.pin == 0 {
                 r.push(
                     "2",
-                    format!("{gid:?} g{i}: mapping by {:?} but the entry is pinned by {:?} (pin {:#x})", l.mapper, act.domid, act.pin),
+                    format!(
+                        "{gid:?} g{i}: mapping by {:?} but the entry is pinned by {:?} (pin {:#x})",
+                        l.mapper, act.domid, act.pin
+                    ),
                 );
             }
             want = want.wrapping_add(pin::incr_for(l.flags));
@@ -383,11 +446,21 @@ impl<D: Design> Hypervisor<D> {
         if act.pin != want {
             r.push(
                 "1",
-                format!("{gid:?} g{i}: pin {:?} but live mappings account for {:?}", pin::counters(act.pin), pin::counters(want)),
+                format!(
+                    "{gid:?} g{i}: pin {:?} but live mappings account for {:?}",
+                    pin::counters(act.pin),
+                    pin::counters(want)
+                ),
             );
         }
         if pin::counters(act.pin).iter().any(|&c| c > 128) {
-            r.push("3", format!("{gid:?} g{i}: pin counter above 128: {:?}", pin::counters(act.pin)));
+            r.push(
+                "3",
+                format!(
+                    "{gid:?} g{i}: pin counter above 128: {:?}",
+                    pin::counters(act.pin)
+                ),
+            );
         }
         if !opts.adversarial.contains(&gid) {
             let reading = flags & gtf::READING != 0;

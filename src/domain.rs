@@ -4,10 +4,10 @@ use crate::abi::{DomId, Gfn, DEFAULT_MAX_GRANT_FRAMES, DEFAULT_MAX_MAPTRACK_FRAM
 use crate::design::Design;
 use crate::grant::GrantTable;
 use crate::iommu::{IommuCtx, IommuMode};
-use crate::maptrack::SlotPolicy;
-use crate::quota::{MapLimit, MapQuota};
 use crate::machine::{AddressSpace, P2m, P2mEntry, Tlb};
 use crate::maptrack::Maptrack;
+use crate::maptrack::SlotPolicy;
+use crate::quota::{MapLimit, MapQuota};
 use crate::sync::{AtomicBool, AtomicU64, AtomicU8, CachePadded, Ordering, UnsafeCell};
 
 /// Paging mode of a domain, which decides several checks (spec 6.2 steps 2 and 11).
@@ -164,7 +164,11 @@ impl VcpuCounters {
     #[inline]
     pub(crate) fn mapped(&self, fast: bool) {
         Self::bump(&self.maps);
-        Self::bump(if fast { &self.fast_maps } else { &self.slow_maps });
+        Self::bump(if fast {
+            &self.fast_maps
+        } else {
+            &self.slow_maps
+        });
     }
     #[inline]
     pub(crate) fn unmapped(&self) {
@@ -282,8 +286,14 @@ impl<D: Design> Domain<D> {
             crashed: AtomicBool::new(false),
             finalized: AtomicBool::new(false),
             gt: GrantTable::new(cfg.max_grant_frames, per_frame),
-            maptrack: Maptrack::new(cfg.vcpus as usize, cfg.max_maptrack_frames, maptrack_per_frame),
-            vcpus: (0..cfg.vcpus).map(|_| CachePadded::new(VcpuState::default())).collect(),
+            maptrack: Maptrack::new(
+                cfg.vcpus as usize,
+                cfg.max_maptrack_frames,
+                maptrack_per_frame,
+            ),
+            vcpus: (0..cfg.vcpus)
+                .map(|_| CachePadded::new(VcpuState::default()))
+                .collect(),
             p2m: P2m::new(cfg.memory_pages),
             aspace: AddressSpace::new(cfg.host_pages),
             iommu,

@@ -98,7 +98,10 @@ mod tests {
             }
         );
         assert_eq!(encode_fast(DomId(5), GrantRef(1 << 16)), None);
-        assert_eq!(encode_fast(DomId(0x7FEF), GrantRef(0xFFFF)).unwrap().0, 0xFFEF_FFFF);
+        assert_eq!(
+            encode_fast(DomId(0x7FEF), GrantRef(0xFFFF)).unwrap().0,
+            0xFFEF_FFFF
+        );
         assert_eq!(decode(GrantHandle(7)), Decoded::Slow(7));
         assert_eq!(encode_slow(1 << 31), None);
     }

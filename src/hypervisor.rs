@@ -1,8 +1,8 @@
 //! The hypervisor: machine, domains, pCPU slots, and the vCPU contexts hypercalls run on.
 
 use crate::abi::{
-    DomId, Errno, Gfn, GnttabCopy, GnttabOp, GrantRef, MapGrantRef, QuerySize, SetupTable, UnmapGrantRef,
-    INITIAL_NR_GRANT_FRAMES, MAPTRACK_PER_PAGE, SHGNT_PER_PAGE_V1,
+    DomId, Errno, Gfn, GnttabCopy, GnttabOp, GrantRef, MapGrantRef, QuerySize, SetupTable,
+    UnmapGrantRef, INITIAL_NR_GRANT_FRAMES, MAPTRACK_PER_PAGE, SHGNT_PER_PAGE_V1,
 };
 use crate::design::Design;
 use crate::domain::{Domain, DomainConfig};
@@ -10,10 +10,10 @@ use crate::grant::EntrySnapshot;
 use crate::hooks::{HookAction, HookCtx, HookPoint, Hooks};
 use crate::machine::{AccessFault, HostAddr, Machine, MachineConfig, P2mEntry, Pte};
 use crate::ops;
-use crate::table::TableSync;
 use crate::registry::{CreateError, Registry};
 use crate::sync::{Arc, Ordering};
 use crate::table::PcpuSet;
+use crate::table::TableSync;
 use core::fmt;
 
 /// Hypervisor-wide configuration.
@@ -157,7 +157,9 @@ impl<D: Design> fmt::Debug for Hypervisor<D> {
 impl<D: Design> Hypervisor<D> {
     /// A hypervisor with no domains.
     pub fn new(cfg: HypervisorConfig) -> Self {
-        assert!(cfg.entries_per_frame.is_power_of_two() && cfg.maptrack_per_frame.is_power_of_two());
+        assert!(
+            cfg.entries_per_frame.is_power_of_two() && cfg.maptrack_per_frame.is_power_of_two()
+        );
         Self {
             machine: Machine::new(cfg.machine, cfg.max_domains),
             registry: Registry::new(cfg.max_domains),
@@ -188,7 +190,9 @@ impl<D: Design> Hypervisor<D> {
             return Err(CreateError::BadConfig("vcpus must be at least 1"));
         }
         if cfg.max_grant_frames < INITIAL_NR_GRANT_FRAMES {
-            return Err(CreateError::BadConfig("max_grant_frames must be at least 1"));
+            return Err(CreateError::BadConfig(
+                "max_grant_frames must be at least 1",
+            ));
         }
         let r = self.registry.reserve(&cfg.name)?;
         let d = Domain::<D>::new(
@@ -212,10 +216,9 @@ impl<D: Design> Hypervisor<D> {
         }
         if ok {
             let w = D::Table::write(&d.gt.lock, &self.pcpus);
-            ok = d
-                .gt
-                .grow(&w, &self.machine, r.id, INITIAL_NR_GRANT_FRAMES)
-                .is_ok();
+            ok =
+                d.gt.grow(&w, &self.machine, r.id, INITIAL_NR_GRANT_FRAMES)
+                    .is_ok();
         }
         if !ok {
             self.release_memory(&d);
@@ -230,7 +233,9 @@ impl<D: Design> Hypervisor<D> {
     /// Drops the allocation reference of every populated frame and the grant frames.
     fn release_memory(&self, d: &Domain<D>) {
         for gfn in 0..d.p2m.len() {
-            if let Some(P2mEntry::Present(m) | P2mEntry::PagedOut(m)) = d.p2m.set(Gfn(gfn), P2mEntry::Absent) {
+            if let Some(P2mEntry::Present(m) | P2mEntry::PagedOut(m)) =
+                d.p2m.set(Gfn(gfn), P2mEntry::Absent)
+            {
                 // The domain was never registered: nothing to finalise.
                 let _ = self.machine.put_page(m);
             }
@@ -258,8 +263,7 @@ impl<D: Design> Hypervisor<D> {
     pub fn vcpu(&self, dom: DomId, vcpu: u16) -> Result<VcpuCtx<'_, D>, EnterError> {
         let d = self.registry.get_arc(dom).ok_or(EnterError::NoDomain)?;
         let v = d.vcpus.get(vcpu as usize).ok_or(EnterError::NoVcpu)?;
-        if v
-            .running
+        if v.running
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
@@ -330,8 +334,7 @@ impl<D: Design> Hypervisor<D> {
     /// Final destruction (spec 11.1 `grant_table_destroy`): unregister the domain (its memory
     /// is reclaimed once no lookup can hold it) and free its grant frames. Idempotent.
     pub(crate) fn finalize(&self, d: &Domain<D>) {
-        if d
-            .finalized
+        if d.finalized
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
@@ -388,7 +391,13 @@ impl<D: Design> Hypervisor<D> {
         Ok(crate::teardown::Teardown::new(self, d))
     }
 
-    fn dma_frame(&self, dom: DomId, bus_addr: u64, len: usize, write: bool) -> Result<&crate::machine::Frame, DmaFault> {
+    fn dma_frame(
+        &self,
+        dom: DomId,
+        bus_addr: u64,
+        len: usize,
+        write: bool,
+    ) -> Result<&crate::machine::Frame, DmaFault> {
         let d = self.registry.get_arc(dom).ok_or(DmaFault::NoDomain)?;
         let off = (bus_addr & (crate::abi::PAGE_SIZE as u64 - 1)) as usize;
         if off + len > crate::abi::PAGE_SIZE {
@@ -404,7 +413,12 @@ impl<D: Design> Hypervisor<D> {
                     p.mfn()
                 }
                 // The domain's own memory is identity-mapped in its IOMMU context.
-                None if self.machine.frame(crate::abi::Mfn(bfn)).and_then(|f| f.owner()) == Some(dom) => {
+                None if self
+                    .machine
+                    .frame(crate::abi::Mfn(bfn))
+                    .and_then(|f| f.owner())
+                    == Some(dom) =>
+                {
                     crate::abi::Mfn(bfn)
                 }
                 None => return Err(DmaFault::NotMapped),
@@ -439,7 +453,11 @@ impl<D: Design> Hypervisor<D> {
     pub(crate) fn hook(&self, point: HookPoint, domain: DomId, vcpu: u16) -> HookAction {
         match &self.cfg.hooks {
             None => HookAction::Continue,
-            Some(h) => h.at(&HookCtx { point, domain, vcpu }),
+            Some(h) => h.at(&HookCtx {
+                point,
+                domain,
+                vcpu,
+            }),
         }
     }
 }
@@ -666,7 +684,9 @@ pub struct Guest<'h, D: Design> {
 
 impl<D: Design> fmt::Debug for Guest<'_, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Guest").field("domain", &self.dom.id()).finish()
+        f.debug_struct("Guest")
+            .field("domain", &self.dom.id())
+            .finish()
     }
 }
 
@@ -761,7 +781,11 @@ impl<D: Design> Guest<'_, D> {
     /// The translation for `addr`: the live entry, else the most recent stale TLB entry of any
     /// of the domain's vCPUs (removed but not yet flushed).
     fn translate(&self, addr: HostAddr) -> Result<Pte, AccessFault> {
-        let slot = self.dom.aspace.slot_of(addr).ok_or(AccessFault::NotMapped)?;
+        let slot = self
+            .dom
+            .aspace
+            .slot_of(addr)
+            .ok_or(AccessFault::NotMapped)?;
         let pte = self.dom.aspace.get(slot);
         if pte.present() {
             return Ok(pte);
@@ -773,12 +797,20 @@ impl<D: Design> Guest<'_, D> {
             .ok_or(AccessFault::NotMapped)
     }
 
-    fn mapped_frame(&self, addr: HostAddr, write: bool) -> Result<&crate::machine::Frame, AccessFault> {
+    fn mapped_frame(
+        &self,
+        addr: HostAddr,
+        write: bool,
+    ) -> Result<&crate::machine::Frame, AccessFault> {
         let pte = self.translate(addr)?;
         if write && !pte.writable() {
             return Err(AccessFault::ReadOnly);
         }
-        let f = self.hv.machine.frame(pte.mfn()).ok_or(AccessFault::FreedFrame)?;
+        let f = self
+            .hv
+            .machine
+            .frame(pte.mfn())
+            .ok_or(AccessFault::FreedFrame)?;
         if f.refcount() == 0 {
             return Err(AccessFault::FreedFrame);
         }
@@ -786,7 +818,12 @@ impl<D: Design> Guest<'_, D> {
     }
 
     /// Reads through a host mapping (live, or stale until the TLB flush).
-    pub fn read_mapped(&self, addr: HostAddr, offset: usize, buf: &mut [u8]) -> Result<(), AccessFault> {
+    pub fn read_mapped(
+        &self,
+        addr: HostAddr,
+        offset: usize,
+        buf: &mut [u8],
+    ) -> Result<(), AccessFault> {
         if offset + buf.len() > crate::abi::PAGE_SIZE {
             return Err(AccessFault::OutOfPage);
         }
@@ -795,7 +832,12 @@ impl<D: Design> Guest<'_, D> {
     }
 
     /// Writes through a host mapping; refused through a read-only one.
-    pub fn write_mapped(&self, addr: HostAddr, offset: usize, data: &[u8]) -> Result<(), AccessFault> {
+    pub fn write_mapped(
+        &self,
+        addr: HostAddr,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), AccessFault> {
         if offset + data.len() > crate::abi::PAGE_SIZE {
             return Err(AccessFault::OutOfPage);
         }

@@ -89,19 +89,25 @@ pub use hypervisor::{Guest, Hypervisor, HypervisorConfig, VcpuCtx};
 /// Everything a typical user needs.
 pub mod prelude {
     pub use crate::abi::{
-        gntcopy, gtf, CopyPtr, DomId, Errno, Gfn, GntMap, GntSt, GnttabCopy, GnttabOp, GrantHandle, GrantRef, MapGrantRef,
-        Mfn, QuerySize, SetupTable, UnmapGrantRef,
+        gntcopy, gtf, CopyPtr, DomId, Errno, Gfn, GntMap, GntSt, GnttabCopy, GnttabOp, GrantHandle,
+        GrantRef, MapGrantRef, Mfn, QuerySize, SetupTable, UnmapGrantRef,
     };
     pub use crate::check::{CheckOptions, CheckReport, Violation};
-    pub use crate::design::{Design, Fast, FastNoSlots, Xen, XenFastSlots, XenPerMapBfn, XenPlainRw};
-    pub use crate::iommu::IommuMode;
-    pub use crate::quota::MapLimit;
+    pub use crate::design::{
+        Design, Fast, FastNoSlots, Xen, XenFastSlots, XenPerMapBfn, XenPlainRw,
+    };
     pub use crate::domain::{Domain, DomainConfig, DomainKind, DomainState, DomainStats};
     pub use crate::grant::{pin, EntrySnapshot};
     pub use crate::hooks::{HookAction, HookCtx, HookPoint, Hooks};
-    pub use crate::inspect::{ActiveInfo, DomainSnapshot, EntryInfo, FrameInfo, MaptrackInfo, SlotInfo, StateSnapshot};
-    pub use crate::hypervisor::{DmaFault, EnterError, KillError, Guest, GuestError, Hypervisor, HypervisorConfig, VcpuCtx};
+    pub use crate::hypervisor::{
+        DmaFault, EnterError, Guest, GuestError, Hypervisor, HypervisorConfig, KillError, VcpuCtx,
+    };
+    pub use crate::inspect::{
+        ActiveInfo, DomainSnapshot, EntryInfo, FrameInfo, MaptrackInfo, SlotInfo, StateSnapshot,
+    };
+    pub use crate::iommu::IommuMode;
     pub use crate::machine::{AccessFault, HostAddr, MachineConfig, P2mEntry, Pte};
+    pub use crate::quota::MapLimit;
     pub use crate::registry::CreateError;
     pub use crate::teardown::{Step, Teardown, TeardownStats};
 }

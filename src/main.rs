@@ -5,7 +5,11 @@ use gnttab::sim::default_scenario::{self, Outcome, Params};
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "gntsim", version, about = "Simulate Xen grant-table workloads on each locking design and compare them")]
+#[command(
+    name = "gntsim",
+    version,
+    about = "Simulate Xen grant-table workloads on each locking design and compare them"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -42,7 +46,11 @@ fn main() {
                 println!("{d}");
             }
         }
-        Cmd::Run { designs, seconds, seed } => {
+        Cmd::Run {
+            designs,
+            seconds,
+            seed,
+        } => {
             let p = Params {
                 duration: Duration::from_secs_f64(seconds),
                 seed,
@@ -54,7 +62,9 @@ fn main() {
             );
             let mut outs: Vec<Outcome> = Vec::new();
             for name in &designs {
-                let Some(o) = gnttab::with_design!(name.as_str(), D => default_scenario::run::<D>(&p)) else {
+                let Some(o) =
+                    gnttab::with_design!(name.as_str(), D => default_scenario::run::<D>(&p))
+                else {
                     eprintln!("unknown design {name:?}; try `gntsim list`");
                     std::process::exit(2);
                 };
@@ -77,7 +87,12 @@ fn print_table(outs: &[Outcome]) {
     let base = outs.first().map(Outcome::ops_per_sec).unwrap_or(1.0);
     for o in outs {
         let ok = o.map_status.get(&0).copied().unwrap_or(0);
-        let fail: u64 = o.map_status.iter().filter(|(k, _)| **k != 0).map(|(_, v)| v).sum();
+        let fail: u64 = o
+            .map_status
+            .iter()
+            .filter(|(k, _)| **k != 0)
+            .map(|(_, v)| v)
+            .sum();
         let fast_pct = if o.backend.maps > 0 {
             100.0 * o.backend.fast_maps as f64 / o.backend.maps as f64
         } else {
@@ -105,6 +120,10 @@ fn print_table(outs: &[Outcome]) {
         }
     }
     println!();
-    println!("ops/s counts map and unmap elements; ratio is against the first design; map failures are");
-    println!("GNTST_general_error from grants the guests ended while the backend was not mapping them.");
+    println!(
+        "ops/s counts map and unmap elements; ratio is against the first design; map failures are"
+    );
+    println!(
+        "GNTST_general_error from grants the guests ended while the backend was not mapping them."
+    );
 }

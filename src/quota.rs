@@ -60,7 +60,9 @@ impl MapQuota {
             limit,
             chunk,
             pool: Mutex::new(limit),
-            locals: (0..vcpus).map(|_| CachePadded::new(AtomicU32::new(0))).collect(),
+            locals: (0..vcpus)
+                .map(|_| CachePadded::new(AtomicU32::new(0)))
+                .collect(),
         }
     }
 
@@ -158,8 +160,7 @@ impl MapQuota {
             let held = loop {
                 let cur = o.load(Ordering::Acquire);
                 // AcqRel: freezing synchronises with the owner's last take or put.
-                if o
-                    .compare_exchange(cur, FROZEN, Ordering::AcqRel, Ordering::Acquire)
+                if o.compare_exchange(cur, FROZEN, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
                     break cur;

@@ -37,12 +37,6 @@ pub(crate) fn pin() -> Guard {
     }
 }
 
-/// Asks the collector to make progress (tests that wait for a reclamation call it).
-pub(crate) fn flush() {
-    #[cfg(not(loom))]
-    crossbeam_epoch::pin().flush();
-}
-
 /// Where retired objects wait under loom; zero-sized otherwise.
 #[derive(Debug)]
 pub(crate) struct Graveyard<T> {

@@ -36,7 +36,10 @@ pub(crate) struct DirectoryFull;
 impl<T> SegDir<T> {
     /// A directory for up to `max_segments` segments of `seg_len` elements (a power of two).
     pub(crate) fn new(seg_len: usize, max_segments: usize) -> Self {
-        assert!(seg_len.is_power_of_two(), "segment length must be a power of two");
+        assert!(
+            seg_len.is_power_of_two(),
+            "segment length must be a power of two"
+        );
         let dir = (0..max_segments)
             .map(|_| AtomicPtr::new(ptr::null_mut()))
             .collect::<Vec<_>>()
@@ -52,11 +55,6 @@ impl<T> SegDir<T> {
     #[inline]
     pub(crate) fn seg_len(&self) -> usize {
         1 << self.shift
-    }
-
-    /// Maximum number of segments.
-    pub(crate) fn max_segments(&self) -> usize {
-        self.dir.len()
     }
 
     /// Number of installed segments, as seen by the grower (or at quiescence).
@@ -109,18 +107,6 @@ impl<T> SegDir<T> {
         // the published count, freed only in `drop`), and `i & mask < seg_len`.
         unsafe { &*seg.add(i & (self.seg_len() - 1)) }
     }
-
-    /// The element at `i` if its segment is installed. For quiescent walks (checker, teardown
-    /// with the owner's lock held), not for hot paths.
-    pub(crate) fn get_installed(&self, i: usize) -> Option<&T> {
-        let k = i >> self.shift;
-        if k >= self.segments() {
-            return None;
-        }
-        // SAFETY: segment k is installed (checked above); installed segments are never freed
-        // while `self` lives.
-        Some(unsafe { self.get(i) })
-    }
 }
 
 impl<T> Drop for SegDir<T> {
@@ -158,8 +144,9 @@ mod tests {
             assert_eq!(*d.get(0), 0);
             assert_eq!(*d.get(5), 50);
         }
-        assert_eq!(d.get_installed(7), Some(&70));
-        assert_eq!(d.get_installed(8), None);
+        // SAFETY: as above.
+        assert_eq!(unsafe { *d.get(7) }, 70);
+        assert_eq!(d.segments(), 2);
         d.push_segment(|_| 0).unwrap();
         assert_eq!(d.push_segment(|_| 0), Err(DirectoryFull));
     }

@@ -7,15 +7,14 @@
 //! API, so the models in `model/` exercise the library's real code paths.
 //!
 //! Only the subset of the lock API that both worlds can offer is exposed: `new`, `lock`,
-//! `try_lock`, `read`, `write`, `into_inner`. Spin loops go through [`spin_hint`], which is
+//! `read`, `write`, `into_inner`. Spin loops go through [`spin_hint`], which is
 //! loom's `yield_now` under loom (otherwise a model aborts with "exceeded maximum number of
 //! branches").
 
 #[cfg(not(loom))]
 mod imp {
     pub(crate) use core::sync::atomic::{
-        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
-        Ordering,
+        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
     };
     pub(crate) use std::sync::Arc;
 
@@ -31,10 +30,6 @@ mod imp {
         #[inline]
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock()
-        }
-        #[inline]
-        pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-            self.0.try_lock()
         }
         #[allow(dead_code)]
         pub(crate) fn into_inner(self) -> T {
@@ -81,7 +76,6 @@ mod imp {
     pub(crate) fn yield_now() {
         std::thread::yield_now();
     }
-
 }
 
 #[cfg(loom)]
@@ -109,9 +103,6 @@ mod imp {
         }
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock().unwrap_or_else(|e| e.into_inner())
-        }
-        pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-            self.0.try_lock().ok()
         }
         #[allow(dead_code)]
         pub(crate) fn into_inner(self) -> T {
@@ -153,7 +144,6 @@ mod imp {
     pub(crate) fn yield_now() {
         loom::thread::yield_now();
     }
-
 }
 
 pub(crate) use imp::*;
@@ -167,9 +157,6 @@ pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
 
 #[cfg(not(loom))]
 impl<T> UnsafeCell<T> {
-    pub(crate) fn new(v: T) -> Self {
-        Self(core::cell::UnsafeCell::new(v))
-    }
     /// Runs `f` with a mutable pointer to the contents; the caller guarantees exclusivity.
     #[inline]
     pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
@@ -184,15 +171,12 @@ pub(crate) struct UnsafeCell<T>(loom::cell::UnsafeCell<T>);
 #[cfg(loom)]
 impl<T: Default> Default for UnsafeCell<T> {
     fn default() -> Self {
-        Self::new(T::default())
+        Self(loom::cell::UnsafeCell::new(T::default()))
     }
 }
 
 #[cfg(loom)]
 impl<T> UnsafeCell<T> {
-    pub(crate) fn new(v: T) -> Self {
-        Self(loom::cell::UnsafeCell::new(v))
-    }
     pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
         self.0.with_mut(f)
     }

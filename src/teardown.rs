@@ -119,12 +119,13 @@ impl<'h, D: Design> Teardown<'h, D> {
         }
         let t = Instant::now();
         let cpu = self.hv.pcpus.acquire_wait();
-        let g = reclaim::pin();
-        let mut budget = CHUNK;
-        while budget > 0 && self.phase != Phase::Done {
-            self.phase = self.advance(&g, cpu, &mut budget);
+        {
+            let g = reclaim::pin();
+            let mut budget = CHUNK;
+            while budget > 0 && self.phase != Phase::Done {
+                self.phase = self.advance(&g, cpu, &mut budget);
+            }
         }
-        drop(g);
         self.hv.pcpus.release(cpu);
         let dt = t.elapsed();
         self.stats.steps += 1;
@@ -150,7 +151,9 @@ impl<'h, D: Design> Teardown<'h, D> {
                     // SAFETY: the domain is paused (`kill_domain` waited for every vCPU to
                     // leave its hypercall, and later hypercalls fail before touching hints),
                     // and only this job (which owns the dying domain) touches the log now.
-                    let hint = d.vcpus[vcpu].hints.with_mut(|h| unsafe { (*h).hints.pop() });
+                    let hint = d.vcpus[vcpu]
+                        .hints
+                        .with_mut(|h| unsafe { (*h).hints.pop() });
                     let Some((gid, gref)) = hint else {
                         return Phase::FastHints { vcpu: vcpu + 1 };
                     };
@@ -274,7 +277,13 @@ fn release_fast<D: Design>(
 }
 
 /// Releases maptrack record `h` of mapper `m` if live; returns 1 if it was.
-fn release_slow<D: Design>(hv: &Hypervisor<D>, g: &Guard, cpu: usize, m: &Domain<D>, h: u32) -> u64 {
+fn release_slow<D: Design>(
+    hv: &Hypervisor<D>,
+    g: &Guard,
+    cpu: usize,
+    m: &Domain<D>,
+    h: u32,
+) -> u64 {
     let Some(me) = m.maptrack.entry(h) else {
         return 0;
     };
@@ -296,7 +305,8 @@ fn release_slow<D: Design>(hv: &Hypervisor<D>, g: &Guard, cpu: usize, m: &Domain
         return 0;
     };
     let mut act = e.active.lock();
-    let parts = GntMap::from_bits_retain(flags) & (GntMap::HOST_MAP | GntMap::DEVICE_MAP | GntMap::READONLY);
+    let parts = GntMap::from_bits_retain(flags)
+        & (GntMap::HOST_MAP | GntMap::DEVICE_MAP | GntMap::READONLY);
     me.flags.store(0, Ordering::Relaxed);
     put_refs(hv, m, rd, act.mfn, parts);
     unpin_and_clear(&mut act, e.shared, parts);
@@ -305,7 +315,13 @@ fn release_slow<D: Design>(hv: &Hypervisor<D>, g: &Guard, cpu: usize, m: &Domain
 
 /// Compaction of a vCPU's hint log on the map path: keeps only the hints naming entries where
 /// the domain still holds (or is claiming) an inline slot. Runs on the vCPU that owns the log.
-pub(crate) fn compact_hints<D: Design>(hv: &Hypervisor<D>, g: &Guard, cpu: usize, m: &Domain<D>, vcpu: usize) {
+pub(crate) fn compact_hints<D: Design>(
+    hv: &Hypervisor<D>,
+    g: &Guard,
+    cpu: usize,
+    m: &Domain<D>,
+    vcpu: usize,
+) {
     // SAFETY: called by the thread running `vcpu` inside a hypercall (the log's owner).
     let mut hints = m.vcpus[vcpu]
         .hints
@@ -320,7 +336,14 @@ pub(crate) fn compact_hints<D: Design>(hv: &Hypervisor<D>, g: &Guard, cpu: usize
     });
 }
 
-fn holds_slot<D: Design>(hv: &Hypervisor<D>, g: &Guard, cpu: usize, m: &Domain<D>, gid: DomId, gref: u32) -> bool {
+fn holds_slot<D: Design>(
+    hv: &Hypervisor<D>,
+    g: &Guard,
+    cpu: usize,
+    m: &Domain<D>,
+    gid: DomId,
+    gref: u32,
+) -> bool {
     let Some(rd) = hv.registry.get(gid, g) else {
         return false;
     };

@@ -146,7 +146,12 @@ impl<D: Design> GrantTable<D> {
 
     /// The machine frames of the first `n` grant frames.
     pub(crate) fn frame_list(&self, n: u32) -> Vec<Mfn> {
-        self.frames.lock().iter().take(n as usize).copied().collect()
+        self.frames
+            .lock()
+            .iter()
+            .take(n as usize)
+            .copied()
+            .collect()
     }
 
     /// Frees the table's frames (final destruction).

@@ -64,10 +64,17 @@ pub struct IommuCtx<P: IommuPolicy> {
 }
 
 impl<P: IommuPolicy> IommuCtx<P> {
-    pub(crate) fn new(vcpus: usize, ram_frames: u64, region_frames: u64, flush_cost: Duration) -> Self {
+    pub(crate) fn new(
+        vcpus: usize,
+        ram_frames: u64,
+        region_frames: u64,
+        flush_cost: Duration,
+    ) -> Self {
         Self {
             table: AddressSpace::new(ram_frames + region_frames),
-            iotlb: (0..vcpus).map(|_| CachePadded::new(Tlb::default())).collect(),
+            iotlb: (0..vcpus)
+                .map(|_| CachePadded::new(Tlb::default()))
+                .collect(),
             state: P::new_state(vcpus, ram_frames, region_frames),
             flush_cost,
             region_base: ram_frames,
@@ -149,7 +156,12 @@ pub trait IommuPolicy: Send + Sync + Debug + Sized + 'static {
 
     /// Map step 12: makes `mfn` reachable by the mapper's devices; returns `dev_bus_addr`.
     #[doc(hidden)]
-    fn map<D: Design<Iommu = Self>>(env: &Env<'_, D>, io: &IommuCtx<Self>, mfn: Mfn, writable: bool) -> Result<u64, GntSt>;
+    fn map<D: Design<Iommu = Self>>(
+        env: &Env<'_, D>,
+        io: &IommuCtx<Self>,
+        mfn: Mfn,
+        writable: bool,
+    ) -> Result<u64, GntSt>;
 
     /// Unmap phase 1 step 14 (the mapping's record was released): removes the translation.
     #[doc(hidden)]
@@ -164,7 +176,11 @@ pub trait IommuPolicy: Send + Sync + Debug + Sized + 'static {
 
     /// After a chunk's phase 1 and before its phase 2.
     #[doc(hidden)]
-    fn after_phase1<D: Design<Iommu = Self>>(env: &Env<'_, D>, io: &IommuCtx<Self>, pending: &mut Deferred);
+    fn after_phase1<D: Design<Iommu = Self>>(
+        env: &Env<'_, D>,
+        io: &IommuCtx<Self>,
+        pending: &mut Deferred,
+    );
 
     /// Destroys a dying domain's IOMMU context (its devices are gone): every translation and
     /// all bookkeeping, with no per-entry work on other domains.
@@ -201,7 +217,12 @@ impl IommuPolicy for MfnRefcount {
         Mutex::new(BTreeMap::new())
     }
 
-    fn map<D: Design<Iommu = Self>>(env: &Env<'_, D>, io: &IommuCtx<Self>, mfn: Mfn, writable: bool) -> Result<u64, GntSt> {
+    fn map<D: Design<Iommu = Self>>(
+        env: &Env<'_, D>,
+        io: &IommuCtx<Self>,
+        mfn: Mfn,
+        writable: bool,
+    ) -> Result<u64, GntSt> {
         let _w = D::Table::write(&env.ld.gt.lock, &env.hv.pcpus);
         let mut tree = io.state.lock();
         let old = tree.get(&mfn.0).copied().unwrap_or_default();
@@ -220,7 +241,9 @@ impl IommuPolicy for MfnRefcount {
         } else {
             None
         };
-        if want.is_some() && env.hv.hook(HookPoint::IommuMap, env.ld.id(), env.vcpu) == HookAction::Fail {
+        if want.is_some()
+            && env.hv.hook(HookPoint::IommuMap, env.ld.id(), env.vcpu) == HookAction::Fail
+        {
             return Err(GntSt::GeneralError);
         }
         if let Some(p) = want {
@@ -263,7 +286,8 @@ impl IommuPolicy for MfnRefcount {
         }
     }
 
-    fn after_phase1<D: Design<Iommu = Self>>(_: &Env<'_, D>, _: &IommuCtx<Self>, _: &mut Deferred) {}
+    fn after_phase1<D: Design<Iommu = Self>>(_: &Env<'_, D>, _: &IommuCtx<Self>, _: &mut Deferred) {
+    }
 
     fn teardown(io: &IommuCtx<Self>) {
         io.state.lock().clear();
@@ -280,13 +304,18 @@ impl IommuPolicy for MfnRefcount {
                 c.rd += 1;
             }
             if bus != m.addr() {
-                return vec![format!("{m:?}: dev_bus_addr {bus:#x} is not the machine address")];
+                return vec![format!(
+                    "{m:?}: dev_bus_addr {bus:#x} is not the machine address"
+                )];
             }
         }
         let mut out = Vec::new();
         let tree = io.state.lock();
         if *tree != want {
-            out.push(format!("maptrack_tree {:?} but live handles give {want:?}", *tree));
+            out.push(format!(
+                "maptrack_tree {:?} but live handles give {want:?}",
+                *tree
+            ));
         }
         let mut present = BTreeMap::new();
         io.table.for_each(|bfn, p| {
@@ -299,7 +328,9 @@ impl IommuPolicy for MfnRefcount {
             }
         }
         for (b, p) in present {
-            out.push(format!("IOMMU entry at {b:#x} ({p:?}) without a live handle"));
+            out.push(format!(
+                "IOMMU entry at {b:#x} ({p:?}) without a live handle"
+            ));
         }
         out
     }
@@ -317,7 +348,12 @@ impl IommuPolicy for PerMapBfn {
         BfnAllocator::new(vcpus, ram_frames, region_frames)
     }
 
-    fn map<D: Design<Iommu = Self>>(env: &Env<'_, D>, io: &IommuCtx<Self>, mfn: Mfn, writable: bool) -> Result<u64, GntSt> {
+    fn map<D: Design<Iommu = Self>>(
+        env: &Env<'_, D>,
+        io: &IommuCtx<Self>,
+        mfn: Mfn,
+        writable: bool,
+    ) -> Result<u64, GntSt> {
         let v = env.vcpu as usize;
         let bfn = io.state.alloc(v).ok_or(GntSt::NoDeviceSpace)?;
         if env.hv.hook(HookPoint::IommuMap, env.ld.id(), env.vcpu) == HookAction::Fail {
@@ -340,14 +376,21 @@ impl IommuPolicy for PerMapBfn {
     ) {
         let bfn = bus >> crate::abi::PAGE_SHIFT;
         let old = io.table.get(bfn);
-        assert!(old.present() && old.mfn() == mfn, "BFN {bfn:#x} does not map {mfn:?}");
+        assert!(
+            old.present() && old.mfn() == mfn,
+            "BFN {bfn:#x} does not map {mfn:?}"
+        );
         let removed = io.table.remove(bfn, old);
         assert!(removed, "BFN {bfn:#x} changed under its only owner");
         io.iotlb[env.vcpu as usize].retain_stale(bfn, old);
         pending.push(bfn);
     }
 
-    fn after_phase1<D: Design<Iommu = Self>>(env: &Env<'_, D>, io: &IommuCtx<Self>, pending: &mut Deferred) {
+    fn after_phase1<D: Design<Iommu = Self>>(
+        env: &Env<'_, D>,
+        io: &IommuCtx<Self>,
+        pending: &mut Deferred,
+    ) {
         if pending.n == 0 {
             return;
         }
@@ -380,17 +423,25 @@ impl IommuPolicy for PerMapBfn {
             }
         }
         for (b, p) in &present {
-            out.push(format!("IOMMU entry at BFN {b:#x} ({p:?}) without a live mapping"));
+            out.push(format!(
+                "IOMMU entry at BFN {b:#x} ({p:?}) without a live mapping"
+            ));
         }
         let free = io.state.free_bfns();
         for &(_, _, bus) in live {
             if free.contains(&(bus >> crate::abi::PAGE_SHIFT)) {
-                out.push(format!("BFN {:#x} is live and free", bus >> crate::abi::PAGE_SHIFT));
+                out.push(format!(
+                    "BFN {:#x} is live and free",
+                    bus >> crate::abi::PAGE_SHIFT
+                ));
             }
         }
         let handed_out = io.state.handed_out();
         if handed_out != live.len() as u64 {
-            out.push(format!("{handed_out} BFNs handed out but {} live mappings (leak)", live.len()));
+            out.push(format!(
+                "{handed_out} BFNs handed out but {} live mappings (leak)",
+                live.len()
+            ));
         }
         out
     }

@@ -145,10 +145,7 @@ impl Frame {
         assert!(prev != 0, "page reference underflow");
         if prev == 1 {
             crate::sync::fence(Ordering::Acquire);
-            Some(
-                self.owner
-                    .swap(DomId::INVALID.0 as u32, Ordering::AcqRel),
-            )
+            Some(self.owner.swap(DomId::INVALID.0 as u32, Ordering::AcqRel))
         } else {
             None
         }
@@ -162,10 +159,12 @@ impl Frame {
                 return false;
             }
             // Acquire/Release: a type change is a synchronisation point for the frame's use.
-            match self
-                .type_info
-                .compare_exchange_weak(t, t + 1, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match self.type_info.compare_exchange_weak(
+                t,
+                t + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(now) => t = now,
             }

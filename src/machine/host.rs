@@ -162,7 +162,11 @@ impl AddressSpace {
 
     /// The current entry at `slot` (no allocation for untouched tables).
     pub(crate) fn get(&self, slot: u64) -> Pte {
-        match self.l1.get(slot as usize / L1_ENTRIES).and_then(OnceBox::get) {
+        match self
+            .l1
+            .get(slot as usize / L1_ENTRIES)
+            .and_then(OnceBox::get)
+        {
             // Acquire: pairs with the compare-exchange that installed the entry.
             Some(t) => Pte(t.ptes[slot as usize % L1_ENTRIES].load(Ordering::Acquire)),
             None => Pte(0),

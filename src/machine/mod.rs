@@ -14,8 +14,8 @@ pub use frame::Frame;
 pub(crate) use frame::GetResult;
 pub use host::{AccessFault, HostAddr, Pte};
 pub(crate) use host::{AddressSpace, Tlb};
-pub use p2m::P2mEntry;
 pub(crate) use p2m::P2m;
+pub use p2m::P2mEntry;
 
 use crate::abi::{DomId, Mfn};
 use crate::segvec::SegDir;
@@ -74,7 +74,9 @@ impl Machine {
     /// A machine with the given configuration, for domain ids below `max_domains`.
     pub fn new(cfg: MachineConfig, max_domains: u16) -> Self {
         let segs = cfg.max_frames.div_ceil(FRAME_SEG as u64) as usize;
-        let seg_len = (cfg.max_frames as usize).clamp(1, FRAME_SEG).next_power_of_two();
+        let seg_len = (cfg.max_frames as usize)
+            .clamp(1, FRAME_SEG)
+            .next_power_of_two();
         Self {
             frames: SegDir::new(seg_len, segs.max(1)),
             created: AtomicU64::new(0),
@@ -164,7 +166,9 @@ impl Machine {
     #[inline]
     #[must_use]
     pub(crate) fn put_page(&self, mfn: Mfn) -> Option<DomId> {
-        let f = self.frame(mfn).expect("put_page on a frame that does not exist");
+        let f = self
+            .frame(mfn)
+            .expect("put_page on a frame that does not exist");
         match f.put() {
             Some(owner) => self.release_frame(mfn, owner),
             None => None,

@@ -129,7 +129,9 @@ pub(crate) fn select_slot(
     if n == 1 {
         return first;
     }
-    let by = |pred: &dyn Fn(usize, GntMap) -> bool| live.iter().flatten().copied().find(|&(i, f)| pred(i, f));
+    let by = |pred: &dyn Fn(usize, GntMap) -> bool| {
+        live.iter().flatten().copied().find(|&(i, f)| pred(i, f))
+    };
     let host = |f: GntMap| f.contains(GntMap::HOST_MAP);
     let dev = |f: GntMap| f.contains(GntMap::DEVICE_MAP);
     if host_addr != 0 {

@@ -11,7 +11,9 @@
 //! during the byte copy is the pins plus page references.
 
 use super::{get_paged_frame, unpin_and_clear, Env};
-use crate::abi::{gntcopy, CopyPtr, DomId, GntMap, GntSt, Gfn, GnttabCopy, GrantRef, Mfn, PAGE_SIZE};
+use crate::abi::{
+    gntcopy, CopyPtr, DomId, Gfn, GntMap, GntSt, GnttabCopy, GrantRef, Mfn, PAGE_SIZE,
+};
 use crate::design::{Design, SlotExt};
 use crate::domain::{Domain, DomainState};
 use crate::grant::{pin, EntryRef};
@@ -41,11 +43,14 @@ struct Buf<'g, D: Design> {
     len: usize,
 }
 
+/// A side's raw domid and the domain it names.
+type Side<'g, D> = (DomId, &'g Domain<D>);
+
 /// Per-hypercall copy state: the domains named by the cached sides and the cached buffers.
 struct State<'g, D: Design> {
     /// `(raw source domid, raw dest domid)` as given (DOMID_SELF and the caller's numeric id
     /// are different keys, as in Xen), with the looked-up domains.
-    doms: Option<((DomId, &'g Domain<D>), (DomId, &'g Domain<D>))>,
+    doms: Option<(Side<'g, D>, Side<'g, D>)>,
     src: Option<Buf<'g, D>>,
     dst: Option<Buf<'g, D>>,
 }
@@ -113,7 +118,8 @@ fn copy_one<'g, D: Design>(
     let src_gref = op.flags & gntcopy::SOURCE_GREF != 0;
     let dst_gref = op.flags & gntcopy::DEST_GREF != 0;
     // 2. New domains named: drop everything cached and look both up again.
-    let same = matches!(st.doms, Some(((s, _), (d, _))) if s == op.source.domid && d == op.dest.domid);
+    let same =
+        matches!(st.doms, Some(((s, _), (d, _))) if s == op.source.domid && d == op.dest.domid);
     if !same {
         release_all(env, st);
         st.doms = None;
@@ -123,23 +129,42 @@ fn copy_one<'g, D: Design>(
     }
     let ((_, sd), (_, dd)) = st.doms.expect("set above");
     // 3-4. Claim the buffers that are not already held.
-    let sk = if src_gref { Key::Gref(op.source.u as u32) } else { Key::Frame(op.source.u) };
+    let sk = if src_gref {
+        Key::Gref(op.source.u as u32)
+    } else {
+        Key::Frame(op.source.u)
+    };
     if st.src.as_ref().map(|b| b.key) != Some(sk) {
         release_buf(env, &mut st.src);
         st.src = Some(claim(env, sd, sk, true)?);
     }
-    let dk = if dst_gref { Key::Gref(op.dest.u as u32) } else { Key::Frame(op.dest.u) };
+    let dk = if dst_gref {
+        Key::Gref(op.dest.u as u32)
+    } else {
+        Key::Frame(op.dest.u)
+    };
     if st.dst.as_ref().map(|b| b.key) != Some(dk) {
         release_buf(env, &mut st.dst);
         st.dst = Some(claim(env, dd, dk, false)?);
     }
-    let (src, dst) = (st.src.as_ref().expect("claimed"), st.dst.as_ref().expect("claimed"));
+    let (src, dst) = (
+        st.src.as_ref().expect("claimed"),
+        st.dst.as_ref().expect("claimed"),
+    );
     // 5. Ranges: inside the page, then inside the buffers' windows.
-    let (so, doff, len) = (op.source.offset as usize, op.dest.offset as usize, op.len as usize);
+    let (so, doff, len) = (
+        op.source.offset as usize,
+        op.dest.offset as usize,
+        op.len as usize,
+    );
     if so + len > PAGE_SIZE || doff + len > PAGE_SIZE {
         return Err(GntSt::BadCopyArg);
     }
-    if so < src.start || so + len > src.start + src.len || doff < dst.start || doff + len > dst.start + dst.len {
+    if so < src.start
+        || so + len > src.start + src.len
+        || doff < dst.start
+        || doff + len > dst.start + dst.len
+    {
         return Err(GntSt::GeneralError);
     }
     // 6. The bytes.
@@ -155,7 +180,12 @@ fn copy_one<'g, D: Design>(
 }
 
 /// `gnttab_copy_claim_buf`.
-fn claim<'g, D: Design>(env: &Env<'g, D>, d: &'g Domain<D>, key: Key, readonly: bool) -> Result<Buf<'g, D>, GntSt> {
+fn claim<'g, D: Design>(
+    env: &Env<'g, D>,
+    d: &'g Domain<D>,
+    key: Key,
+    readonly: bool,
+) -> Result<Buf<'g, D>, GntSt> {
     let mut b = match key {
         Key::Gref(r) => {
             let (e, mfn) = acquire_grant_for_copy(env, d, GrantRef(r), readonly)?;
@@ -203,7 +233,11 @@ fn acquire_grant_for_copy<'g, D: Design>(
     readonly: bool,
 ) -> Result<(EntryRef<'g, SlotExt<D>>, Mfn), GntSt> {
     let me = env.ld.id();
-    let incr = if readonly { pin::HSTR_INC } else { pin::HSTW_INC };
+    let incr = if readonly {
+        pin::HSTR_INC
+    } else {
+        pin::HSTW_INC
+    };
     let _rl = env.read(rd);
     let e = rd.gt.entry(gref).ok_or(GntSt::BadGntref)?;
     let mut act = e.active.lock();

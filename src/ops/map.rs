@@ -1,7 +1,7 @@
 //! `GNTTABOP_map_grant_ref` (spec 6.2), generic over the design.
 
 use super::{get_paged_frame, host_slot, host_takes_type_ref, Env};
-use crate::abi::{GntMap, GntSt, Gfn, GrantHandle, GrantRef, MapGrantRef, Mfn};
+use crate::abi::{Gfn, GntMap, GntSt, GrantHandle, GrantRef, MapGrantRef, Mfn};
 use crate::design::{Design, SlotExt};
 use crate::domain::Domain;
 use crate::grant::{pin, EntryRef};
@@ -24,7 +24,11 @@ enum Track {
     Fast(usize),
 }
 
-pub(crate) fn map_grant_ref<D: Design>(cx: &VcpuCtx<'_, D>, rng: &mut u64, ops: &mut [MapGrantRef]) {
+pub(crate) fn map_grant_ref<D: Design>(
+    cx: &VcpuCtx<'_, D>,
+    rng: &mut u64,
+    ops: &mut [MapGrantRef],
+) {
     let g = reclaim::pin();
     let env = Env::of(cx);
     for op in ops.iter_mut() {
@@ -47,11 +51,11 @@ struct Pinned<'g, E> {
     got_ref: bool,
 }
 
-fn map_one<'g, D: Design>(
+fn map_one<D: Design>(
     env: &Env<'_, D>,
     rng: &mut u64,
     op: &MapGrantRef,
-    g: &'g Guard,
+    g: &Guard,
 ) -> Result<(GrantHandle, u64), GntSt> {
     let ld = env.ld;
     let flags = GntMap::from_bits_retain(op.flags);
@@ -281,7 +285,11 @@ fn take_refs<D: Design>(
             }
             t.types += 1;
         }
-        if env.hv.hook(HookPoint::MapBeforeHostMapping, env.ld.id(), env.vcpu) == HookAction::Fail {
+        if env
+            .hv
+            .hook(HookPoint::MapBeforeHostMapping, env.ld.id(), env.vcpu)
+            == HookAction::Fail
+        {
             return Err(GntSt::GeneralError);
         }
         t.host_slot = Some(create_host_mapping(env.ld, op.host_addr, flags, mfn)?);

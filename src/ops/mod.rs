@@ -9,7 +9,7 @@ pub(crate) mod map;
 pub(crate) mod table;
 pub(crate) mod unmap;
 
-use crate::abi::{GntMap, GntSt, Gfn, Mfn};
+use crate::abi::{Gfn, GntMap, GntSt, Mfn};
 use crate::design::Design;
 use crate::domain::Domain;
 use crate::grant::{ActiveData, SharedEntry};
@@ -41,7 +41,10 @@ impl<'a, D: Design> Env<'a, D> {
     }
 
     #[inline]
-    pub(crate) fn read<'t>(&self, d: &'t Domain<D>) -> <D::Table as crate::table::TableSync>::Read<'t>
+    pub(crate) fn read<'t>(
+        &self,
+        d: &'t Domain<D>,
+    ) -> <D::Table as crate::table::TableSync>::Read<'t>
     where
         'a: 't,
     {
@@ -53,7 +56,13 @@ impl<'a, D: Design> Env<'a, D> {
 /// (host and/or device bits, plus `READONLY` for a read-only mapping), as unmap phase 2,
 /// map undo and teardown do.
 #[inline]
-pub(crate) fn put_refs<D: Design>(hv: &Hypervisor<D>, ld: &Domain<D>, rd: &Domain<D>, mfn: Mfn, parts: GntMap) {
+pub(crate) fn put_refs<D: Design>(
+    hv: &Hypervisor<D>,
+    ld: &Domain<D>,
+    rd: &Domain<D>,
+    mfn: Mfn,
+    parts: GntMap,
+) {
     let ro = parts.contains(GntMap::READONLY);
     if parts.contains(GntMap::DEVICE_MAP) {
         if !ro {
@@ -104,7 +113,11 @@ pub(crate) fn get_paged_frame<D: Design>(
 /// `gnttab_host_mapping_get_page_type`: whether a host mapping takes a writable type
 /// reference (x86: writable, and the granter is PV or maps itself).
 #[inline]
-pub(crate) fn host_takes_type_ref<D: Design>(readonly: bool, ld: &Domain<D>, rd: &Domain<D>) -> bool {
+pub(crate) fn host_takes_type_ref<D: Design>(
+    readonly: bool,
+    ld: &Domain<D>,
+    rd: &Domain<D>,
+) -> bool {
     !readonly && (ld.id() == rd.id() || !rd.translated())
 }
 
@@ -118,4 +131,3 @@ pub(crate) fn host_slot<D: Design>(ld: &Domain<D>, host_addr: u64, flags: GntMap
     };
     ld.aspace.slot_of(a)
 }
-

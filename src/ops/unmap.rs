@@ -35,13 +35,15 @@ pub(crate) fn unmap_grant_ref<D: Design>(cx: &VcpuCtx<'_, D>, ops: &mut [UnmapGr
                 Err(st) => op.status = st,
             }
         }
-        env.hv.hook(HookPoint::UnmapBeforeFlush, env.ld.id(), env.vcpu);
+        env.hv
+            .hook(HookPoint::UnmapBeforeFlush, env.ld.id(), env.vcpu);
         env.tlb().flush();
         if let Some(io) = &env.ld.iommu {
             // Per-map bus frames: one IOTLB flush for the chunk, then the BFNs are reusable.
             D::Iommu::after_phase1(&env, io, &mut pending);
         }
-        env.hv.hook(HookPoint::UnmapAfterFlush, env.ld.id(), env.vcpu);
+        env.hv
+            .hook(HookPoint::UnmapAfterFlush, env.ld.id(), env.vcpu);
         for d in done.iter_mut().filter_map(Option::take) {
             phase2(&env, d);
         }

@@ -88,9 +88,16 @@ pub fn run<D: Design>(p: &Params) -> Outcome {
         ..HypervisorConfig::default()
     });
     let backend = hv
-        .create_domain(DomainConfig::new("backend").vcpus(p.backend_vcpus).memory_pages(16))
+        .create_domain(
+            DomainConfig::new("backend")
+                .vcpus(p.backend_vcpus)
+                .memory_pages(16),
+        )
         .expect("create backend");
-    let frames = p.refs_per_guest.div_ceil(crate::abi::SHGNT_PER_PAGE_V1).max(1);
+    let frames = p
+        .refs_per_guest
+        .div_ceil(crate::abi::SHGNT_PER_PAGE_V1)
+        .max(1);
     let guests: Vec<DomId> = (0..p.guests)
         .map(|i| {
             hv.create_domain(
@@ -133,7 +140,10 @@ pub fn run<D: Design>(p: &Params) -> Outcome {
         };
         std::thread::sleep(p.duration);
         stop.store(true, Ordering::Relaxed);
-        let per: Vec<_> = handles.into_iter().map(|h| h.join().expect("backend thread")).collect();
+        let per: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("backend thread"))
+            .collect();
         (per, guest_thread.join().expect("guest thread"))
     });
     let elapsed = start.elapsed();
@@ -169,7 +179,7 @@ fn backend_loop<D: Design>(
     stop: &AtomicBool,
 ) -> BackendTally {
     let mut cx = hv.vcpu(backend, vcpu).expect("backend vcpu");
-    let mut rng = p.seed ^ (u64::from(vcpu) + 1) * 0x1234_5678;
+    let mut rng = p.seed ^ ((u64::from(vcpu) + 1) * 0x1234_5678);
     let mut maps = 0;
     let mut unmaps = 0;
     let mut status: BTreeMap<i16, u64> = BTreeMap::new();
@@ -213,7 +223,10 @@ fn guest_loop<D: Design>(
     p: &Params,
     stop: &AtomicBool,
 ) -> (u64, u64) {
-    let views: Vec<_> = guests.iter().map(|&g| hv.guest(g).expect("guest")).collect();
+    let views: Vec<_> = guests
+        .iter()
+        .map(|&g| hv.guest(g).expect("guest"))
+        .collect();
     let mut rng = p.seed ^ 0xABCD;
     let (mut ok, mut busy) = (0, 0);
     while !stop.load(Ordering::Relaxed) {
@@ -223,7 +236,8 @@ fn guest_loop<D: Design>(
         if gv.end_access(r).expect("ref in range") {
             ok += 1;
             let gfn = Gfn(next(&mut rng) % u64::from(p.refs_per_guest));
-            gv.grant_access(r, backend, gfn, r.0 % 4 == 0).expect("grant");
+            gv.grant_access(r, backend, gfn, r.0 % 4 == 0)
+                .expect("grant");
         } else {
             busy += 1;
         }

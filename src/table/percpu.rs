@@ -40,7 +40,9 @@ impl PcpuSet {
     /// A set of `n` pCPU slots.
     pub fn new(n: usize) -> Self {
         Self {
-            slots: (0..n).map(|_| CachePadded::new(AtomicUsize::new(0))).collect(),
+            slots: (0..n)
+                .map(|_| CachePadded::new(AtomicUsize::new(0)))
+                .collect(),
             used: Mutex::new(vec![false; n]),
             high: AtomicUsize::new(0),
         }
@@ -80,7 +82,11 @@ impl PcpuSet {
 
     /// Returns a slot (the context stops running).
     pub fn release(&self, i: usize) {
-        debug_assert_eq!(self.slots[i].load(Ordering::Relaxed), 0, "pCPU released with a read lock held");
+        debug_assert_eq!(
+            self.slots[i].load(Ordering::Relaxed),
+            0,
+            "pCPU released with a read lock held"
+        );
         self.used.lock()[i] = false;
     }
 
