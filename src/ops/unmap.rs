@@ -282,8 +282,15 @@ fn remove_host_mapping<D: Design>(
             // HVM: the P2M entry must be a grant mapping of the frame.
             pte.is_grant()
         } else {
-            // PV: present and RW bits must match what the grant flags imply (XSA-234).
-            pte.writable() != flags.contains(GntMap::READONLY)
+            // PV: every flag but the available bits (ours: the grant bit) must match what the
+            // grant flags imply: present, RW, user (XSA-234).
+            let want = crate::machine::Pte::grant(
+                mfn,
+                !flags.contains(GntMap::READONLY),
+                flags.contains(GntMap::APPLICATION_MAP),
+            );
+            let mask = crate::machine::Pte::PRESENT | crate::machine::Pte::RW | crate::machine::Pte::USER;
+            (pte.0 ^ want.0) & mask == 0
         };
     if !ok || !ld.aspace.remove(slot, pte) {
         return Err(GntSt::GeneralError);
