@@ -217,6 +217,8 @@ impl<D: Design> Hypervisor<D> {
                 *refs.entry(m).or_default() += 1;
             }
         }
+        // Frame 0 is the hypervisor's own, never granted.
+        *refs.entry(Mfn(0)).or_default() += 1;
         for m in 0..self.machine.created_frames() {
             let mfn = Mfn(m);
             let f = self.machine.frame(mfn).expect("created frame");

@@ -71,20 +71,25 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// A machine with the given configuration, for domain ids below `max_domains`.
+    /// A machine with the given configuration, for domain ids below `max_domains`. Frame 0
+    /// belongs to the hypervisor (`DOMID_XEN`) and is never given to a guest: an address of 0
+    /// means "none" in the ABI (unmap's `dev_bus_addr == 0` keeps the device part).
     pub fn new(cfg: MachineConfig, max_domains: u16) -> Self {
         let segs = cfg.max_frames.div_ceil(FRAME_SEG as u64) as usize;
         let seg_len = (cfg.max_frames as usize)
             .clamp(1, FRAME_SEG)
             .next_power_of_two();
-        Self {
+        let m = Self {
             frames: SegDir::new(seg_len, segs.max(1)),
             created: AtomicU64::new(0),
             alloc: Mutex::new(AllocState::default()),
             max_frames: cfg.max_frames,
             allocated: AtomicU64::new(0),
             owned: (0..max_domains).map(|_| AtomicU64::new(0)).collect(),
-        }
+        };
+        let zero = m.alloc_frame(DomId::XEN, true);
+        debug_assert_eq!(zero, Some(Mfn(0)));
+        m
     }
 
     /// The frame `mfn`, if it exists.
@@ -99,7 +104,7 @@ impl Machine {
         }
     }
 
-    /// Frames currently allocated to some domain.
+    /// Frames currently allocated (frame 0, the hypervisor's, included).
     pub fn allocated_frames(&self) -> u64 {
         self.allocated.load(Ordering::Relaxed)
     }
