@@ -1,0 +1,233 @@
+//! Shared setup for the benchmarks (`benches/map_unmap.rs`) and the instruction-count driver
+//! (`benches/icount.rs`).
+//!
+//! A [`Rig`] is one hypervisor with a PV granter that has granted `grefs` refs (ref `g` grants
+//! its gfn `g`, writable) to a PV mapper with two vCPUs. Every benchmark maps with
+//! `GNTMAP_host_map` (writable), so a map takes the frame's page reference and a writable type
+//! reference, installs a host PTE, and the unmap removes it, flushes the vCPU's TLB and drops
+//! both references: the full path of spec 6.2 and 7.
+
+#![allow(dead_code)] // each bench crate uses a different subset
+
+pub mod floor;
+
+use gnttab::prelude::*;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+/// Linear address where the mapper's host mappings start (slot 0x10000 of its address space).
+pub const HOST_BASE: u64 = 0x1000_0000;
+
+/// Refs of the "warm" workload (cycled in order).
+pub const WARM_GREFS: u32 = 4096;
+
+/// Refs of the "cold" workload (chosen at random): 64 grant frames of 512 entries.
+pub const COLD_GREFS: u32 = 32768;
+
+/// Distance between the refs two threads use, so that the shared entries (8 bytes), active
+/// entries (up to ~80 bytes), frames (24 bytes, granted gfn == ref) and host PTEs (8 bytes,
+/// one slot per ref) of different threads never share a 128-byte line pair.
+pub const THREAD_STRIDE: u32 = 64;
+
+/// The host address used for ref `g` (one page per ref).
+#[inline]
+pub fn host_addr(g: u32) -> u64 {
+    HOST_BASE + ((g as u64) << 12)
+}
+
+/// One hypervisor, a granter and a mapper.
+pub struct Rig<D: Design> {
+    pub hv: Hypervisor<D>,
+    pub granter: DomId,
+    pub mapper: DomId,
+}
+
+impl<D: Design> Rig<D> {
+    /// A granter that granted refs `0..grefs` (gfn == ref) to a mapper with `vcpus` vCPUs.
+    pub fn new(grefs: u32, vcpus: u16) -> Self {
+        let hv = Hypervisor::<D>::new(HypervisorConfig::default());
+        let per_frame = hv.config().entries_per_frame;
+        let frames = grefs.div_ceil(per_frame).max(1);
+        let granter = hv
+            .create_domain(
+                DomainConfig::new("granter")
+                    .max_grant_frames(frames.max(64))
+                    .memory_pages((grefs as u64).max(256)),
+            )
+            .expect("granter");
+        let mapper = hv
+            .create_domain(DomainConfig::new("mapper").vcpus(vcpus))
+            .expect("mapper");
+        {
+            let mut cx = hv.vcpu(granter, 0).expect("granter vcpu");
+            let mut st = [SetupTable {
+                dom: DomId::SELF,
+                nr_frames: frames,
+                ..Default::default()
+            }];
+            cx.setup_table(&mut st).expect("setup_table");
+            assert_eq!(st[0].status, GntSt::Okay, "setup_table to {frames} frames");
+        }
+        let g = hv.guest(granter).expect("granter guest");
+        for r in 0..grefs {
+            g.grant_access(GrantRef(r), mapper, Gfn(r as u64), false)
+                .expect("grant_access");
+        }
+        Self {
+            hv,
+            granter,
+            mapper,
+        }
+    }
+
+    /// Enters vCPU `i` of the mapper.
+    pub fn vcpu(&self, i: u16) -> VcpuCtx<'_, D> {
+        self.hv.vcpu(self.mapper, i).expect("mapper vcpu")
+    }
+
+    /// The mapper's counters (fast / slow maps).
+    pub fn mapper_stats(&self) -> DomainStats {
+        self.hv.domain(self.mapper).expect("mapper").stats()
+    }
+}
+
+/// One map hypercall of one op, then one unmap hypercall of one op, on ref `g` at
+/// [`host_addr`]`(g)`. Panics if either fails (a benchmark must never time an error path).
+#[inline]
+pub fn pair<D: Design>(cx: &mut VcpuCtx<'_, D>, granter: DomId, g: u32) {
+    pair_at(cx, granter, g, host_addr(g));
+}
+
+/// [`pair`] at an explicit host address.
+#[inline]
+pub fn pair_at<D: Design>(cx: &mut VcpuCtx<'_, D>, granter: DomId, g: u32, addr: u64) {
+    let mut m = [MapGrantRef::new(
+        granter,
+        GrantRef(g),
+        GntMap::HOST_MAP,
+        addr,
+    )];
+    cx.map_grant_ref(std::hint::black_box(&mut m))
+        .expect("map hypercall");
+    assert_eq!(m[0].status, GntSt::Okay, "map of ref {g}");
+    let mut u = [UnmapGrantRef::new(m[0].handle, addr, 0)];
+    cx.unmap_grant_ref(std::hint::black_box(&mut u))
+        .expect("unmap hypercall");
+    assert_eq!(u[0].status, GntSt::Okay, "unmap of ref {g}");
+}
+
+/// Reusable op arrays for batched map/unmap of refs `first..first + n`.
+pub struct Batch {
+    pub map: Vec<MapGrantRef>,
+    pub unmap: Vec<UnmapGrantRef>,
+}
+
+impl Batch {
+    pub fn new(granter: DomId, first: u32, n: u32) -> Self {
+        Self {
+            map: (first..first + n)
+                .map(|g| MapGrantRef::new(granter, GrantRef(g), GntMap::HOST_MAP, host_addr(g)))
+                .collect(),
+            unmap: (first..first + n)
+                .map(|g| UnmapGrantRef::new(GrantHandle::default(), host_addr(g), 0))
+                .collect(),
+        }
+    }
+
+    /// One map hypercall with every op, then one unmap hypercall with the matching ops.
+    #[inline]
+    pub fn run<D: Design>(&mut self, cx: &mut VcpuCtx<'_, D>) {
+        cx.map_grant_ref(std::hint::black_box(&mut self.map))
+            .expect("map hypercall");
+        for (m, u) in self.map.iter().zip(self.unmap.iter_mut()) {
+            assert_eq!(m.status, GntSt::Okay, "batched map of {:?}", m.ref_);
+            u.handle = m.handle;
+        }
+        cx.unmap_grant_ref(std::hint::black_box(&mut self.unmap))
+            .expect("unmap hypercall");
+        for u in &self.unmap {
+            assert_eq!(u.status, GntSt::Okay, "batched unmap");
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift64*) for the cold workload's refs.
+pub fn random_grefs(n: usize, range: u32, seed: u64) -> Vec<u32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32 % range
+        })
+        .collect()
+}
+
+/// Thread counts to run: 1 and 2, never more than `available_parallelism()` (on 2 cores more
+/// threads than cores measures the scheduler, not the design).
+pub fn thread_counts() -> Vec<usize> {
+    let cap = std::thread::available_parallelism().map_or(1, |n| n.get());
+    [1, 2].into_iter().filter(|&t| t <= cap).collect()
+}
+
+/// The `MultithreadedBench` pattern (sharded-slab): spawns `threads` threads; each calls
+/// `setup(thread index)` (enter a vCPU, ...) outside the timed region, waits on a start
+/// barrier, runs its share of `iters` iterations, and waits on an end barrier (so no thread
+/// leaves its vCPU while another still runs). The time returned is from the first thread's
+/// start to the last thread's finish, read by the workers themselves right after the start
+/// barrier and right before the end barrier: unlike a coordinator's clock it does not include
+/// how long the coordinator takes to be woken, which on a loaded machine can exceed a whole
+/// short sample. It is scaled to exactly `iters` iterations in total, so criterion's "time per
+/// iteration" is the aggregate time per iteration (1 / throughput), directly comparable
+/// between thread counts.
+pub fn timed_threads<F, W>(threads: usize, iters: u64, setup: F) -> Duration
+where
+    F: Fn(usize) -> W + Sync,
+    W: FnMut(u64),
+{
+    let per = iters.div_ceil(threads as u64).max(1);
+    let start = Barrier::new(threads);
+    let end = Barrier::new(threads);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (start, end, setup) = (&start, &end, &setup);
+                s.spawn(move || {
+                    let mut work = setup(t);
+                    start.wait();
+                    let t0 = Instant::now();
+                    work(per);
+                    let t1 = Instant::now();
+                    end.wait();
+                    // The vCPU context (if any) is left after the end barrier.
+                    drop(work);
+                    (t0, t1)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("benchmark thread panicked"))
+            .collect()
+    });
+    let first = spans
+        .iter()
+        .map(|s| s.0)
+        .min()
+        .expect("at least one thread");
+    let last = spans
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .expect("at least one thread");
+    (last - first).mul_f64(iters as f64 / (per * threads as u64) as f64)
+}
+
+/// Design names from `GNTTAB_BENCH_DESIGNS` (comma separated), or `default`.
+pub fn designs(default: &[&'static str]) -> Vec<String> {
+    match std::env::var("GNTTAB_BENCH_DESIGNS") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_owned()).collect(),
+        _ => default.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
