@@ -313,8 +313,13 @@ fn release_slow<D: Design>(
     1
 }
 
-/// Compaction of a vCPU's hint log on the map path: keeps only the hints naming entries where
-/// the domain still holds (or is claiming) an inline slot. Runs on the vCPU that owns the log.
+/// Compaction of a vCPU's hint log on the map path: keeps the hints naming entries where the
+/// domain still seems to hold (or be claiming) an inline slot, read without entry locks.
+///
+/// Dropping a hint is safe when no slot of the entry looks held by the domain: a slot this vCPU
+/// claimed is seen (program order); a slot another vCPU of the domain is claiming right now is
+/// covered by the hint that vCPU pushes into its own log. A stale "held" only keeps a hint one
+/// compaction longer. Runs on the vCPU that owns the log.
 pub(crate) fn compact_hints<D: Design>(
     hv: &Hypervisor<D>,
     g: &Guard,
@@ -326,9 +331,8 @@ pub(crate) fn compact_hints<D: Design>(
     let mut hints = m.vcpus[vcpu]
         .hints
         .with_mut(|h| unsafe { core::mem::take(&mut (*h).hints) });
-    hints.sort_unstable();
     hints.dedup();
-    hints.retain(|&(gid, gref)| holds_slot(hv, g, cpu, m, gid, gref));
+    hints.retain(|&(gid, gref)| looks_held(hv, g, cpu, m, gid, gref));
     // SAFETY: as above.
     m.vcpus[vcpu].hints.with_mut(|h| unsafe {
         (*h).compact_at = 2 * hints.len() + HINT_SLACK;
@@ -336,7 +340,7 @@ pub(crate) fn compact_hints<D: Design>(
     });
 }
 
-fn holds_slot<D: Design>(
+fn looks_held<D: Design>(
     hv: &Hypervisor<D>,
     g: &Guard,
     cpu: usize,
@@ -351,10 +355,7 @@ fn holds_slot<D: Design>(
     let Some(e) = rd.gt.entry(GrantRef(gref)) else {
         return false;
     };
-    let act = e.active.lock();
-    act.pin != 0
-        && act.domid == m.id()
-        && D::Slots::slots(&e.active.ext)
-            .iter()
-            .any(|s| s.state() != SlotState::Free)
+    D::Slots::slots(&e.active.ext)
+        .iter()
+        .any(|s| s.looks_held_by(m.id()))
 }

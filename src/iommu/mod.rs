@@ -35,6 +35,7 @@ use crate::machine::{AddressSpace, Pte, Tlb};
 use crate::ops::Env;
 use crate::sync::{CachePadded, Mutex};
 use crate::table::TableSync;
+use arrayvec::ArrayVec;
 use core::fmt::Debug;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -118,29 +119,17 @@ impl<P: IommuPolicy> IommuCtx<P> {
 }
 
 /// BFNs whose translations phase 1 removed, waiting for the chunk's IOTLB flush.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Deferred {
-    bfns: [u64; GNTTAB_UNMAP_BATCH_SIZE],
-    n: usize,
-}
-
-impl Default for Deferred {
-    fn default() -> Self {
-        Self {
-            bfns: [0; GNTTAB_UNMAP_BATCH_SIZE],
-            n: 0,
-        }
-    }
+    bfns: ArrayVec<u64, GNTTAB_UNMAP_BATCH_SIZE>,
 }
 
 impl Deferred {
     fn push(&mut self, bfn: u64) {
-        self.bfns[self.n] = bfn;
-        self.n += 1;
+        self.bfns.push(bfn);
     }
     fn drain(&mut self) -> impl Iterator<Item = u64> + '_ {
-        let n = core::mem::take(&mut self.n);
-        self.bfns[..n].iter().copied()
+        self.bfns.drain(..)
     }
 }
 
@@ -391,7 +380,7 @@ impl IommuPolicy for PerMapBfn {
         io: &IommuCtx<Self>,
         pending: &mut Deferred,
     ) {
-        if pending.n == 0 {
+        if pending.bfns.is_empty() {
             return;
         }
         let v = env.vcpu as usize;

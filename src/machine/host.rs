@@ -226,8 +226,10 @@ impl Tlb {
     pub(crate) fn flush(&self) {
         let mut s = self.stale.lock();
         s.clear();
-        // Relaxed: a statistic.
-        self.flushes.fetch_add(1, Ordering::Relaxed);
+        // Relaxed load + store under the stale-list lock (flushes of one TLB are serialised by
+        // it): a statistic, no read-modify-write needed.
+        self.flushes
+            .store(self.flushes.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     /// The most recent stale translation of `slot`, if any.

@@ -28,6 +28,10 @@ const RESERVED: u32 = 1 << 31;
 #[derive(Debug, Default)]
 pub struct FastSlot {
     state: AtomicU32,
+    /// The domain that last reserved the slot (written under the entry lock at reservation).
+    /// Read without the lock only as a hint (teardown hint-log compaction); every decision that
+    /// matters re-checks `act.domid` under the lock.
+    mapper: AtomicU32,
     host_addr: AtomicU64,
     bus: AtomicU64,
 }
@@ -52,16 +56,26 @@ impl FastSlot {
         }
     }
 
-    /// Under the entry lock: reserves the slot if free.
+    /// Under the entry lock: reserves the slot for `mapper` if free.
     #[inline]
-    pub(crate) fn try_reserve(&self) -> bool {
+    pub(crate) fn try_reserve(&self, mapper: crate::abi::DomId) -> bool {
         // Relaxed: free -> reserved happens only under the entry lock, which orders it.
         if self.state.load(Ordering::Relaxed) == 0 {
+            self.mapper.store(u32::from(mapper.0), Ordering::Relaxed);
             self.state.store(RESERVED, Ordering::Relaxed);
             true
         } else {
             false
         }
+    }
+
+    /// Without the entry lock: whether the slot looks held (reserved or live) by `mapper`. A
+    /// hint only: it may be stale in either direction while the slot changes hands.
+    #[inline]
+    pub(crate) fn looks_held_by(&self, mapper: crate::abi::DomId) -> bool {
+        // Relaxed: see the field docs; the answer is only used to keep or drop a hint.
+        self.state.load(Ordering::Relaxed) != 0
+            && self.mapper.load(Ordering::Relaxed) == u32::from(mapper.0)
     }
 
     /// Publishes the reserved slot as a live mapping (no lock needed: only the reserving map

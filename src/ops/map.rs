@@ -225,7 +225,7 @@ fn pin_entry<'g, D: Design>(
     if D::Slots::ENABLED && *track == Track::None && handle::encode_fast(rd.id(), gref).is_some() {
         if let Some(i) = D::Slots::slots(&e.active.ext)
             .iter()
-            .position(|s| s.try_reserve())
+            .position(|s| s.try_reserve(me))
         {
             *track = Track::Fast(i);
         }

@@ -18,19 +18,21 @@ use crate::iommu::{Deferred, IommuPolicy};
 use crate::maptrack::{select_slot, FastSlot, MaptrackEntry, SlotPolicy};
 use crate::reclaim::{self, Guard};
 use crate::sync::Ordering;
+use arrayvec::ArrayVec;
 
 pub(crate) fn unmap_grant_ref<D: Design>(cx: &VcpuCtx<'_, D>, ops: &mut [UnmapGrantRef]) {
     let g = reclaim::pin();
     let env = Env::of(cx);
     for chunk in ops.chunks_mut(GNTTAB_UNMAP_BATCH_SIZE) {
-        let mut done: [Option<Done<'_, D>>; GNTTAB_UNMAP_BATCH_SIZE] =
-            core::array::from_fn(|_| None);
+        // Phase-1 results of the chunk, in order (no initialisation cost: most unmap
+        // hypercalls carry one op).
+        let mut done: ArrayVec<Done<'_, D>, GNTTAB_UNMAP_BATCH_SIZE> = ArrayVec::new();
         let mut pending = Deferred::default();
-        for (op, d) in chunk.iter_mut().zip(done.iter_mut()) {
+        for op in chunk.iter_mut() {
             match phase1(&env, op, &g, &mut pending) {
                 Ok(x) => {
                     op.status = GntSt::Okay;
-                    *d = x;
+                    done.extend(x);
                 }
                 Err(st) => op.status = st,
             }
@@ -44,7 +46,7 @@ pub(crate) fn unmap_grant_ref<D: Design>(cx: &VcpuCtx<'_, D>, ops: &mut [UnmapGr
         }
         env.hv
             .hook(HookPoint::UnmapAfterFlush, env.ld.id(), env.vcpu);
-        for d in done.iter_mut().filter_map(Option::take) {
+        for d in done {
             phase2(&env, d);
         }
     }
