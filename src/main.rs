@@ -110,14 +110,15 @@ fn main() -> ExitCode {
         Some(Cmd::Check { file }) => match sim::load(&file) {
             Ok(sc) => {
                 let p = &sc.plan;
+                let n = |k: usize, w: &str| format!("{k} {w}{}", if k == 1 { "" } else { "s" });
                 println!(
-                    "{}: ok: scenario `{}`: {} domains, {} threads, {} events, {} churn entries, {} s per design",
+                    "{}: ok: scenario `{}`: {}, {}, {}, {}, {} s per design",
                     sc.origin,
                     sc.name,
-                    p.domains.len(),
-                    p.threads.len(),
-                    p.events.len(),
-                    p.churn.len(),
+                    n(p.domains.iter().filter(|d| d.spawn).count(), "domain"),
+                    n(p.threads.len(), "thread"),
+                    n(p.events.len(), "event"),
+                    n(p.churn.len(), "churn entry").replace("entrys", "entries"),
                     sc.seconds()
                 );
                 ExitCode::SUCCESS

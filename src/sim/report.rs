@@ -977,7 +977,8 @@ fn plural(n: usize, what: &str) -> String {
 
 fn verdict_text(v: &VerdictReport) -> String {
     if v.clean {
-        return format!("clean ({} live maps)", v.live_mappings);
+        let n = v.live_mappings;
+        return format!("clean ({n} live map{})", if n == 1 { "" } else { "s" });
     }
     let mut parts = Vec::new();
     let nv = v.violations.len() + v.violations_after_drain.len();
