@@ -178,37 +178,53 @@ impl VcpuCounters {
 
 /// Where a vCPU's maps put records in other domains' fast slots: `(granter, gref)` hints,
 /// appended by the vCPU's own map path (no shared write), validated under the entry lock when
-/// used. Stale hints (the slot was released since) are dropped by compaction, which runs on
-/// the map path when the log has doubled since the last compaction (amortised O(1) per map),
-/// and by teardown. Teardown of the domain as mapper walks these logs, so its cost is the
+/// teardown uses them. Teardown of the domain as mapper walks these logs, so its cost is the
 /// number of hints, not the size of other domains' tables (design.md section 2, point 4).
-#[derive(Debug)]
+///
+/// Stale hints (the slot was released since) are dropped incrementally: every push also looks
+/// at [`HINT_SCAN`] older hints at a rotating cursor and removes those whose entry no longer
+/// seems to hold a slot of the domain. A full pass over the log therefore completes within
+/// `len / HINT_SCAN` pushes, which keeps the log within about twice the slots the vCPU holds
+/// (plus the pushes of one pass), with O(1) work per map: no compaction spike on any map.
+#[derive(Debug, Default)]
 pub(crate) struct HintLog {
     pub(crate) hints: Vec<(DomId, u32)>,
-    /// Compact when `hints.len()` reaches this.
-    pub(crate) compact_at: usize,
+    /// Next hint the incremental scan looks at.
+    pub(crate) cursor: usize,
 }
 
-/// Hints a log may hold beyond twice its size after the last compaction.
-pub(crate) const HINT_SLACK: usize = 256;
-
-impl Default for HintLog {
-    fn default() -> Self {
-        Self {
-            hints: Vec::new(),
-            compact_at: HINT_SLACK,
-        }
-    }
-}
+/// Older hints examined per push.
+pub(crate) const HINT_SCAN: usize = 2;
 
 impl HintLog {
-    /// Records a fast slot claimed at `(g, r)`; true if the log is due for compaction.
+    /// Records a fast slot claimed at `(g, r)`; false if it repeats the last hint (nothing
+    /// new to scan for).
     #[inline]
     pub(crate) fn push(&mut self, g: DomId, r: u32) -> bool {
-        if self.hints.last() != Some(&(g, r)) {
-            self.hints.push((g, r));
+        if self.hints.last() == Some(&(g, r)) {
+            return false;
         }
-        self.hints.len() >= self.compact_at
+        self.hints.push((g, r));
+        true
+    }
+
+    /// Examines up to `n` hints at the cursor with `held`, dropping the stale ones.
+    #[inline]
+    pub(crate) fn scan(&mut self, n: usize, mut held: impl FnMut(DomId, u32) -> bool) {
+        for _ in 0..n {
+            if self.hints.is_empty() {
+                return;
+            }
+            if self.cursor >= self.hints.len() {
+                self.cursor = 0;
+            }
+            let (g, r) = self.hints[self.cursor];
+            if held(g, r) {
+                self.cursor += 1;
+            } else {
+                self.hints.swap_remove(self.cursor);
+            }
+        }
     }
 }
 

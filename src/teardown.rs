@@ -24,7 +24,7 @@
 
 use crate::abi::{DomId, GntMap, GrantRef};
 use crate::design::Design;
-use crate::domain::{Domain, DomainState, HINT_SLACK};
+use crate::domain::{Domain, DomainState};
 use crate::hypervisor::Hypervisor;
 use crate::iommu::IommuPolicy;
 use crate::machine::P2mEntry;
@@ -313,34 +313,13 @@ fn release_slow<D: Design>(
     1
 }
 
-/// Compaction of a vCPU's hint log on the map path: keeps the hints naming entries where the
-/// domain still seems to hold (or be claiming) an inline slot, read without entry locks.
+/// Whether some inline slot of `(gid, gref)` seems held by mapper `m`, read without entry
+/// locks: the test of the hint log's incremental scan on the map path.
 ///
-/// Dropping a hint is safe when no slot of the entry looks held by the domain: a slot this vCPU
-/// claimed is seen (program order); a slot another vCPU of the domain is claiming right now is
-/// covered by the hint that vCPU pushes into its own log. A stale "held" only keeps a hint one
-/// compaction longer. Runs on the vCPU that owns the log.
-pub(crate) fn compact_hints<D: Design>(
-    hv: &Hypervisor<D>,
-    g: &Guard,
-    cpu: usize,
-    m: &Domain<D>,
-    vcpu: usize,
-) {
-    // SAFETY: called by the thread running `vcpu` inside a hypercall (the log's owner).
-    let mut hints = m.vcpus[vcpu]
-        .hints
-        .with_mut(|h| unsafe { core::mem::take(&mut (*h).hints) });
-    hints.dedup();
-    hints.retain(|&(gid, gref)| looks_held(hv, g, cpu, m, gid, gref));
-    // SAFETY: as above.
-    m.vcpus[vcpu].hints.with_mut(|h| unsafe {
-        (*h).compact_at = 2 * hints.len() + HINT_SLACK;
-        (*h).hints = hints;
-    });
-}
-
-fn looks_held<D: Design>(
+/// Dropping a hint on `false` is safe: a slot this vCPU claimed is seen (program order); a slot
+/// another vCPU of the domain is claiming right now is covered by the hint that vCPU pushes
+/// into its own log. A stale `true` only keeps a hint one pass longer.
+pub(crate) fn looks_held<D: Design>(
     hv: &Hypervisor<D>,
     g: &Guard,
     cpu: usize,

@@ -200,8 +200,10 @@ fn claim<'g, D: Design>(
             }
         }
         Key::Frame(gfn) => {
-            // The caller's own frame, with a page reference.
-            let mfn = get_paged_frame(env.hv, d, Gfn(gfn))?;
+            // The caller's own frame, with a page reference. Not `d`: the domains are cached
+            // by raw domid, so a frame side repeating a grant side's foreign domid is never
+            // looked up (no DOMID_SELF check) and `d` may be that foreign domain.
+            let mfn = get_paged_frame(env.hv, env.ld, Gfn(gfn))?;
             Buf {
                 key,
                 mfn,

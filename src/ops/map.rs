@@ -3,7 +3,7 @@
 use super::{get_paged_frame, host_slot, host_takes_type_ref, Env};
 use crate::abi::{Gfn, GntMap, GntSt, GrantHandle, GrantRef, MapGrantRef, Mfn};
 use crate::design::{Design, SlotExt};
-use crate::domain::Domain;
+use crate::domain::{Domain, HINT_SCAN};
 use crate::grant::{pin, EntryRef};
 use crate::handle;
 use crate::hooks::{HookAction, HookPoint};
@@ -161,12 +161,13 @@ fn map_one<D: Design>(
             counters.mapped(true);
             // Remember where this domain holds a slot, for its teardown (owner-only log).
             // SAFETY: this thread runs `env.vcpu` (VcpuCtx is exclusive) inside a hypercall.
-            let compact = ld.vcpus[env.vcpu as usize]
-                .hints
-                .with_mut(|h| unsafe { (*h).push(rd.id(), op.ref_.0) });
-            if compact {
-                crate::teardown::compact_hints(env.hv, g, env.cpu, ld, env.vcpu as usize);
-            }
+            ld.vcpus[env.vcpu as usize].hints.with_mut(|h| unsafe {
+                if (*h).push(rd.id(), op.ref_.0) {
+                    (*h).scan(HINT_SCAN, |gid, gref| {
+                        crate::teardown::looks_held(env.hv, g, env.cpu, ld, gid, gref)
+                    });
+                }
+            });
             handle::encode_fast(rd.id(), op.ref_).expect("fast slot only for encodable refs")
         }
         Track::None => unreachable!("track decided above"),

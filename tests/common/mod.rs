@@ -680,3 +680,156 @@ impl Hooks for TestHooks {
         HookAction::Continue
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the IOMMU, copy, quota and teardown suites (tests/iommu.rs, copy.rs,
+// xsa_copy.rs, quota.rs, teardown.rs).
+// ---------------------------------------------------------------------------------------
+
+/// Whether design `D` gives every strict-IOMMU map its own bus frame from a region above RAM
+/// (`PerMapBfn`: Fast, FastNoSlots, XenPerMapBfn) rather than `BFN == MFN` with per-frame
+/// counts (`MfnRefcount`: Xen, XenPlainRw, XenFastSlots).
+pub fn per_map_bfn<D: Design>() -> bool {
+    use gnttab::iommu::{IommuPolicy, PerMapBfn};
+    <D::Iommu as IommuPolicy>::NAME == <PerMapBfn as IommuPolicy>::NAME
+}
+
+/// Runs one `GNTTABOP_copy` batch on `cx`; returns the statuses.
+pub fn copy_on<D: Design>(cx: &mut VcpuCtx<'_, D>, ops: &mut [GnttabCopy]) -> Vec<GntSt> {
+    cx.copy(ops).expect("copy never fails as a hypercall");
+    ops.iter().map(|o| o.status).collect()
+}
+
+/// A copy element from grant `(sd, sr, so)` to grant `(dd, dr, doff)`.
+pub fn cp_gg(
+    sd: DomId,
+    sr: GrantRef,
+    so: u16,
+    dd: DomId,
+    dr: GrantRef,
+    doff: u16,
+    len: u16,
+) -> GnttabCopy {
+    GnttabCopy::new(
+        CopyPtr::gref(sd, sr, so),
+        true,
+        CopyPtr::gref(dd, dr, doff),
+        true,
+        len,
+    )
+}
+
+/// A copy element from grant `(sd, sr, so)` to the caller's frame `(dg, doff)`.
+pub fn cp_gf(sd: DomId, sr: GrantRef, so: u16, dg: Gfn, doff: u16, len: u16) -> GnttabCopy {
+    GnttabCopy::new(
+        CopyPtr::gref(sd, sr, so),
+        true,
+        CopyPtr::gmfn(dg, doff),
+        false,
+        len,
+    )
+}
+
+/// A copy element from the caller's frame `(sg, so)` to grant `(dd, dr, doff)`.
+pub fn cp_fg(sg: Gfn, so: u16, dd: DomId, dr: GrantRef, doff: u16, len: u16) -> GnttabCopy {
+    GnttabCopy::new(
+        CopyPtr::gmfn(sg, so),
+        false,
+        CopyPtr::gref(dd, dr, doff),
+        true,
+        len,
+    )
+}
+
+/// A copy element between two of the caller's frames.
+pub fn cp_ff(sg: Gfn, so: u16, dg: Gfn, doff: u16, len: u16) -> GnttabCopy {
+    GnttabCopy::new(
+        CopyPtr::gmfn(sg, so),
+        false,
+        CopyPtr::gmfn(dg, doff),
+        false,
+        len,
+    )
+}
+
+/// `len` bytes of a recognisable pattern derived from `seed`.
+pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_mul(31).wrapping_add(i as u8).wrapping_add(1))
+        .collect()
+}
+
+/// Runs `ops` as one copy batch on the mapper's vCPU 0 in a helper thread, parked at every
+/// element boundary (hook `CopyPreempt`, reached before elements `1..n`): `at(i)` is called
+/// while the batch waits before element `i` (it holds its cached buffers, no grant lock).
+/// Returns the ops with their statuses. Do not arm failures at `CopyPreempt` for the same vCPU
+/// meanwhile (a failure takes precedence over a pause, and the walk expects `n - 1` pauses).
+pub fn copy_observed<D: Design>(
+    r: &Rig<D>,
+    mut ops: Vec<GnttabCopy>,
+    mut at: impl FnMut(usize),
+) -> Vec<GnttabCopy> {
+    let n = ops.len();
+    let arm = Arm::at(HookPoint::CopyPreempt).dom(r.b).vcpu(0);
+    for _ in 1..n {
+        r.hooks.pause_once(arm);
+    }
+    std::thread::scope(|s| {
+        let t = s.spawn(move || {
+            let mut cx = r.vcpu(r.b, 0);
+            cx.copy(&mut ops).expect("copy never fails as a hypercall");
+            ops
+        });
+        for i in 1..n {
+            r.hooks.wait_parked(HookPoint::CopyPreempt);
+            at(i);
+            r.hooks.release(HookPoint::CopyPreempt);
+        }
+        t.join().expect("copy thread")
+    })
+}
+
+impl<D: Design> Rig<D> {
+    /// The mapper (vCPU 0) issues one copy batch; returns the statuses.
+    pub fn copy(&self, ops: &mut [GnttabCopy]) -> Vec<GntSt> {
+        copy_on(&mut self.cx(), ops)
+    }
+
+    /// `len` bytes of `dom`'s own memory at `gfn` + `off`.
+    pub fn read_gfn(&self, dom: DomId, gfn: Gfn, off: usize, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        self.guest(dom)
+            .read_page(gfn, off, &mut buf)
+            .expect("read own page");
+        buf
+    }
+
+    /// IOTLB flushes issued so far for `dom`'s IOMMU.
+    pub fn iotlb_flushes(&self, dom: DomId) -> u64 {
+        self.hv.domain(dom).expect("domain").stats().iotlb_flushes
+    }
+
+    /// Maps and unmaps a self-grant of `dom` (ref 1, gfn 1, host map at [`WARM_ADDR`]) on vCPU
+    /// `v`, so that `v`'s maptrack free list is initialised (a first map on a vCPU may grow
+    /// the maptrack table, which a failed map does not undo) before a test takes snapshots.
+    pub fn warm_vcpu(&self, dom: DomId, v: u16) {
+        let g = self.guest(dom);
+        g.grant_access(GrantRef(1), dom, Gfn(1), false)
+            .expect("grant");
+        let mut cx = self.vcpu(dom, v);
+        let m = map1(&mut cx, dom, GrantRef(1), HOST, WARM_ADDR);
+        assert_eq!(m.status, GntSt::Okay, "warm-up map on vCPU {v}");
+        assert_eq!(unmap1(&mut cx, m.handle, WARM_ADDR, 0), GntSt::Okay);
+        drop(cx);
+        assert!(
+            g.end_access(GrantRef(1)).expect("ref 1"),
+            "warm-up end_access"
+        );
+    }
+
+    /// The mapper's map quota: `(limit, idle)` (`None` if it has none).
+    pub fn quota_of(&self, dom: DomId) -> Option<(u32, u32)> {
+        let d = self.hv.domain(dom).expect("domain");
+        d.quota().map(|q| (q.limit(), q.idle()))
+    }
+}
