@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! icount <design> <workload> <pairs>     workload: hot | warm | cold | batch32 | floor |
-//!                                                   floor-xen
+//!                                                   floor-xen | iommu | iommu32 |
+//!                                                   hot-limit-off | hot-limit1024 |
+//!                                                   copy-{tx,rx}-{same,diff}
 //! icount                                 (no arguments: what `cargo test --benches` and
 //!                                         `cargo bench` run) a short smoke run of every design
 //! ```
@@ -13,11 +15,26 @@
 //! counts one pair as one op of a 32-op map batch plus its share of the unmap batch; `floor`
 //! and `floor-xen` run the floor sequences of benches/common/floor.rs (the design argument is
 //! then ignored).
+//!
+//! Workloads of the newer features (docs/benchmarks.md section 7; the unit is still called a
+//! "pair" by the script):
+//!
+//! * `iommu`: the hot pair with `host_map | device_map` by a strict-IOMMU mapper (IOTLB flush
+//!   cost 0: a charged cost is a timed busy-wait, which callgrind would count as a loop of
+//!   clock reads); `iommu32`: the same in batches of 32 (unit: one op).
+//! * `hot-limit-off`, `hot-limit1024`: the hot pair with the mapper's map limit
+//!   `MapLimit::Off` or `MapLimit::Limit(1024)` (`hot` itself runs with `MapLimit::Default`).
+//! * `copy-tx-same`, `copy-tx-diff`, `copy-rx-same`, `copy-rx-diff`: `GNTTABOP_copy` batches of
+//!   64 elements of 1500 bytes (`features.rs`'s `copy/*` groups); unit: one element; the count
+//!   must be a multiple of 64.
 
 mod common;
 
 use common::floor::Floor;
-use common::{pair, random_grefs, Batch, Rig, COLD_GREFS, THREAD_STRIDE, WARM_GREFS};
+use common::{
+    host_addr, pair, pair_dev, random_grefs, Batch, CopyBatch, CopyDir, Rig, COLD_GREFS,
+    COPY_BATCH, THREAD_STRIDE, WARM_GREFS,
+};
 use gnttab::design::DESIGN_NAMES;
 use gnttab::prelude::*;
 use gnttab::with_design;
@@ -37,6 +54,10 @@ enum Workload {
     Batch32,
     Floor,
     FloorXen,
+    Iommu,
+    Iommu32,
+    HotLimit(MapLimit),
+    Copy(CopyDir, bool),
 }
 
 impl Workload {
@@ -48,6 +69,14 @@ impl Workload {
             "batch32" => Self::Batch32,
             "floor" => Self::Floor,
             "floor-xen" => Self::FloorXen,
+            "iommu" => Self::Iommu,
+            "iommu32" => Self::Iommu32,
+            "hot-limit-off" => Self::HotLimit(MapLimit::Off),
+            "hot-limit1024" => Self::HotLimit(MapLimit::Limit(1024)),
+            "copy-tx-same" => Self::Copy(CopyDir::Tx, true),
+            "copy-tx-diff" => Self::Copy(CopyDir::Tx, false),
+            "copy-rx-same" => Self::Copy(CopyDir::Rx, true),
+            "copy-rx-diff" => Self::Copy(CopyDir::Rx, false),
             _ => return None,
         })
     }
@@ -64,9 +93,14 @@ fn run_pairs<D: Design>(
     n: u64,
 ) {
     match w {
-        Workload::Hot => {
+        Workload::Hot | Workload::HotLimit(_) => {
             for _ in 0..n {
                 pair(cx, rig.granter, HOT);
+            }
+        }
+        Workload::Iommu => {
+            for _ in 0..n {
+                pair_dev(cx, rig.granter, HOT, host_addr(HOT));
             }
         }
         Workload::Warm => {
@@ -80,7 +114,11 @@ fn run_pairs<D: Design>(
                 pair(cx, rig.granter, refs[(i & mask) as usize]);
             }
         }
-        Workload::Batch32 | Workload::Floor | Workload::FloorXen => {
+        Workload::Batch32
+        | Workload::Iommu32
+        | Workload::Copy(..)
+        | Workload::Floor
+        | Workload::FloorXen => {
             unreachable!("handled by the callers")
         }
     }
@@ -102,6 +140,13 @@ fn run_batches<D: Design>(cx: &mut VcpuCtx<'_, D>, ops: &mut Batch, batches: u64
 }
 
 #[inline(never)]
+fn run_copies<D: Design>(cx: &mut VcpuCtx<'_, D>, ops: &mut CopyBatch, batches: u64) {
+    for _ in 0..batches {
+        ops.run(cx);
+    }
+}
+
+#[inline(never)]
 fn run_floor(f: &Floor, xen: bool, n: u64) {
     for _ in 0..n {
         if xen {
@@ -110,6 +155,15 @@ fn run_floor(f: &Floor, xen: bool, n: u64) {
             f.pair();
         }
     }
+}
+
+/// A rig whose 1-vCPU mapper is in strict IOMMU mode (IOTLB flushes free: see the module docs).
+fn strict_rig<D: Design>(grefs: u32) -> Rig<D> {
+    Rig::with(
+        grefs,
+        HypervisorConfig::default(),
+        DomainConfig::new("mapper").iommu(IommuMode::Strict),
+    )
 }
 
 fn run<D: Design>(w: Workload, warmup: u64, n: u64) {
@@ -121,21 +175,47 @@ fn run<D: Design>(w: Workload, warmup: u64, n: u64) {
             counted(|| run_floor(&f, xen, n));
             assert!(f.is_idle());
         }
-        Workload::Batch32 => {
-            let rig = Rig::<D>::new(HOT + 32, 1);
+        Workload::Batch32 | Workload::Iommu32 => {
+            let (rig, flags) = if w == Workload::Iommu32 {
+                (
+                    strict_rig::<D>(HOT + 32),
+                    GntMap::HOST_MAP | GntMap::DEVICE_MAP,
+                )
+            } else {
+                (Rig::<D>::new(HOT + 32, 1), GntMap::HOST_MAP)
+            };
             let mut cx = rig.vcpu(0);
-            let mut ops = Batch::new(rig.granter, HOT, 32);
+            let mut ops = Batch::with_flags(rig.granter, HOT, 32, flags);
             // n pairs = n / 32 batches (the script passes multiples of 32).
             run_batches(&mut cx, &mut ops, warmup.div_ceil(32));
             counted(|| run_batches(&mut cx, &mut ops, n.div_ceil(32)));
         }
+        Workload::Copy(dir, same) => {
+            assert!(
+                warmup % COPY_BATCH as u64 == 0 && n % COPY_BATCH as u64 == 0,
+                "copy workloads count elements in whole batches of {COPY_BATCH}"
+            );
+            let rig = Rig::<D>::new(HOT + COPY_BATCH, 1);
+            let mut cx = rig.vcpu(0);
+            let mut ops = CopyBatch::new(rig.granter, HOT, COPY_BATCH, dir, same);
+            run_copies(&mut cx, &mut ops, warmup / COPY_BATCH as u64);
+            counted(|| run_copies(&mut cx, &mut ops, n / COPY_BATCH as u64));
+        }
         _ => {
             let grefs = match w {
-                Workload::Hot => HOT + 1,
+                Workload::Hot | Workload::HotLimit(_) | Workload::Iommu => HOT + 1,
                 Workload::Warm => WARM_GREFS,
                 _ => COLD_GREFS,
             };
-            let rig = Rig::<D>::new(grefs, 1);
+            let rig = match w {
+                Workload::Iommu => strict_rig::<D>(grefs),
+                Workload::HotLimit(l) => Rig::<D>::with(
+                    grefs,
+                    HypervisorConfig::default(),
+                    DomainConfig::new("mapper").map_limit(l),
+                ),
+                _ => Rig::<D>::new(grefs, 1),
+            };
             let refs = if w == Workload::Cold {
                 random_grefs(1 << 16, COLD_GREFS, 0x5EED_C01D)
             } else {
@@ -170,7 +250,17 @@ fn main() {
             // `cargo test --benches` / `cargo bench` (possibly with a filter): smoke-run
             // every design and workload briefly so the driver cannot rot.
             for name in DESIGN_NAMES {
-                for w in [Workload::Hot, Workload::Warm, Workload::Batch32] {
+                for w in [
+                    Workload::Hot,
+                    Workload::Warm,
+                    Workload::Batch32,
+                    Workload::Iommu,
+                    Workload::Iommu32,
+                    Workload::HotLimit(MapLimit::Off),
+                    Workload::HotLimit(MapLimit::Limit(1024)),
+                    Workload::Copy(CopyDir::Tx, true),
+                    Workload::Copy(CopyDir::Rx, false),
+                ] {
                     with_design!(*name, D => run::<D>(w, 64, 64)).expect("known design");
                 }
             }

@@ -162,3 +162,131 @@ pub(crate) fn assert_quiescent_and_end<D: Design>(hv: &Hypervisor<D>, front: Dom
         "granter cannot end access after every unmap"
     );
 }
+
+/// A hypervisor with the loom-sized configuration and `hooks` installed.
+pub(crate) fn hypervisor_with_hooks<D: Design>(hooks: Arc<dyn Hooks>) -> Arc<Hypervisor<D>> {
+    Arc::new(Hypervisor::new(HypervisorConfig::tiny().hooks(hooks)))
+}
+
+/// The granter ("front", 2 pages) and a strict-IOMMU mapper ("back", `vcpus` vCPUs, one
+/// maptrack frame, a bus-frame region of `bus_frames` frames).
+pub(crate) fn strict_pair<D: Design>(
+    hv: &Hypervisor<D>,
+    vcpus: u16,
+    bus_frames: u64,
+) -> (DomId, DomId) {
+    let front = hv.create_domain(small("front", 2)).expect("create front");
+    let back = hv
+        .create_domain(
+            small("back", 0)
+                .vcpus(vcpus)
+                .max_maptrack_frames(1)
+                .iommu(IommuMode::Strict)
+                .bus_frames(bus_frames),
+        )
+        .expect("create back");
+    (front, back)
+}
+
+/// The granter grants its `gfn` to `grantee` through `gref`.
+pub(crate) fn grant<D: Design>(
+    hv: &Hypervisor<D>,
+    front: DomId,
+    gref: u32,
+    grantee: DomId,
+    gfn: Gfn,
+    readonly: bool,
+) {
+    hv.guest(front)
+        .expect("granter exists")
+        .grant_access(GrantRef(gref), grantee, gfn, readonly)
+        .expect("gref in table");
+}
+
+/// Enters vCPU `vcpu` of `dom` and issues one map; `None` if the vCPU cannot be entered
+/// because the domain is gone, `Some(Err(..))` if the hypercall itself failed (`-ESRCH`: the
+/// domain is dying and paused).
+pub(crate) fn try_map<D: Design>(
+    hv: &Hypervisor<D>,
+    dom: DomId,
+    vcpu: u16,
+    granter: DomId,
+    gref: u32,
+    flags: GntMap,
+    host_addr: u64,
+) -> Option<Result<MapGrantRef, Errno>> {
+    let mut cx = match hv.vcpu(dom, vcpu) {
+        Ok(cx) => cx,
+        Err(EnterError::NoDomain) => return None,
+        Err(e) => panic!("cannot enter {dom:?} v{vcpu}: {e:?}"),
+    };
+    let mut op = [MapGrantRef::new(granter, GrantRef(gref), flags, host_addr)];
+    Some(cx.map_grant_ref(&mut op).map(|()| op[0]))
+}
+
+/// As [`try_map`], for one unmap; the element's status.
+pub(crate) fn try_unmap<D: Design>(
+    hv: &Hypervisor<D>,
+    dom: DomId,
+    vcpu: u16,
+    handle: GrantHandle,
+    host_addr: u64,
+    dev_bus_addr: u64,
+) -> Option<Result<GntSt, Errno>> {
+    let mut cx = match hv.vcpu(dom, vcpu) {
+        Ok(cx) => cx,
+        Err(EnterError::NoDomain) => return None,
+        Err(e) => panic!("cannot enter {dom:?} v{vcpu}: {e:?}"),
+    };
+    let mut op = [UnmapGrantRef::new(handle, host_addr, dev_bus_addr)];
+    Some(cx.unmap_grant_ref(&mut op).map(|()| op[0].status))
+}
+
+/// The order in which racing roles reached a point, as a schedule-dependent outcome. Plain std
+/// atomics, invisible to loom: loom runs one thread at a time, so the counter follows the
+/// explored schedule without adding interleavings.
+#[derive(Debug, Default)]
+pub(crate) struct Arrival(std::sync::atomic::AtomicUsize);
+
+impl Arrival {
+    /// Returns this caller's rank (0 = first).
+    pub(crate) fn arrive(&self) -> usize {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A hook that records, at every `IommuMap` point (a per-map bus frame has just been
+/// allocated), the mapper's IOTLB flush count: a bus frame freed by an unmap may only be
+/// handed out again after that unmap's flush, so a map that reuses it must see the flush.
+#[derive(Debug, Default)]
+pub(crate) struct FlushProbe {
+    mapper: std::sync::OnceLock<Arc<Domain<Fast>>>,
+    seen: std::sync::Mutex<Vec<(u16, u64)>>,
+}
+
+impl FlushProbe {
+    /// Starts recording the maps of `d` (earlier set-up maps are not recorded).
+    pub(crate) fn watch(&self, d: Arc<Domain<Fast>>) {
+        self.mapper.set(d).expect("watch once");
+    }
+
+    /// `(vcpu, IOTLB flushes seen)` for every recorded allocation, in order.
+    pub(crate) fn seen(&self) -> Vec<(u16, u64)> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Hooks for FlushProbe {
+    fn at(&self, ctx: &HookCtx) -> HookAction {
+        if ctx.point == HookPoint::IommuMap {
+            if let Some(d) = self.mapper.get() {
+                let f = d.stats().iotlb_flushes;
+                self.seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((ctx.vcpu, f));
+            }
+        }
+        HookAction::Continue
+    }
+}

@@ -35,6 +35,30 @@ impl<T> UnsafeCell<T> {
     }
 }
 
+/// Wraps a shared hook implementation in the hypervisor's `Arc<dyn Hooks>`. Loom's `Arc`
+/// cannot be coerced to a trait object; it is built from a std one, which must be unique, so
+/// the model's handle `h` is kept behind a forwarding wrapper.
+pub(crate) fn hooks_arc<H: gnttab::prelude::Hooks + 'static>(
+    h: std::sync::Arc<H>,
+) -> Arc<dyn gnttab::prelude::Hooks> {
+    #[derive(Debug)]
+    struct Forward<H>(std::sync::Arc<H>);
+    impl<H: gnttab::prelude::Hooks> gnttab::prelude::Hooks for Forward<H> {
+        fn at(&self, ctx: &gnttab::prelude::HookCtx) -> gnttab::prelude::HookAction {
+            self.0.at(ctx)
+        }
+    }
+    let h: std::sync::Arc<dyn gnttab::prelude::Hooks> = std::sync::Arc::new(Forward(h));
+    #[cfg(loom)]
+    {
+        Arc::from_std(h)
+    }
+    #[cfg(not(loom))]
+    {
+        h
+    }
+}
+
 /// The outcomes a model reached, collected across all its executions (outside the model:
 /// plain std types, invisible to loom).
 ///

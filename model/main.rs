@@ -14,9 +14,17 @@
 mod common;
 mod harness;
 
+mod copy;
 mod end_access;
 mod fast_slots;
 mod growth;
+mod hints;
+mod iommu_bfn;
+mod iommu_xen;
 mod maptrack;
+mod pause;
 mod percpu;
+mod quota;
+mod registry;
 mod unmap;
+mod zombie;

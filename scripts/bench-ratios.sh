@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prints the ratios of docs/benchmarks.md from the medians criterion saved in
 # $CARGO_TARGET_DIR/criterion (or target/criterion) by the last `cargo bench --bench map_unmap`
-# run. Rows whose benchmarks have not been run are skipped.
+# run (`scripts/bench-ratios.sh` or `scripts/bench-ratios.sh map_unmap`), or by the last
+# `cargo bench --bench features` run (`scripts/bench-ratios.sh features`: section 7).
+# Rows whose benchmarks have not been run are skipped.
 #
 # Every ratio compares benchmarks of one group, which one command runs together:
 #   cargo bench --bench map_unmap -- 'pair/hot'       Fast/Xen hot, Fast/floor
@@ -25,6 +27,8 @@ DIR=${CARGO_TARGET_DIR:-target}/criterion
 [ -d "$DIR" ] || { echo "no criterion results in $DIR: run cargo bench --bench map_unmap first" >&2; exit 1; }
 
 ESTIMATE=${ESTIMATE:-median}
+WHAT=${1:-map_unmap}
+case $WHAT in map_unmap | features) ;; *) echo "usage: $0 [map_unmap|features]" >&2; exit 2 ;; esac
 
 # criterion's median point estimate (ns) of benchmark directory $1 (relative to $DIR)
 med() {
@@ -61,8 +65,85 @@ show() { # label numerator denominator target
     return 0
 }
 
+# Every benchmark directory named, with its median and minimum (ns).
+table() {
+    printf '%-46s %10s %10s\n' "benchmark" "median ns" "min ns"
+    local b m
+    for b in "$@"; do
+        m=$(med "$b")
+        [ -n "$m" ] && printf '%-46s %10.1f %10.1f\n' "$b" "$m" "$(fastest "$b")"
+    done
+    return 0
+}
+
 echo "criterion results in $DIR; ratios use the $ESTIMATE"
 echo
+
+if [ "$WHAT" = features ]; then
+    # Section 7 of docs/benchmarks.md: cargo bench --bench features [-- 'iommu/' | 'copy/' | 'limit/']
+    IOMMU_DESIGNS="fast xen xen+permapbfn"
+    list=()
+    for k in pair batch32; do
+        for c in cost0 cost800; do
+            for d in $IOMMU_DESIGNS; do
+                for t in 1 2; do list+=("iommu_${k}_$c/$d/$t"); done
+            done
+        done
+    done
+    for dir in tx rx; do
+        for d in fast xen; do
+            for v in same diff; do list+=("copy_$dir/$d/$v"); done
+        done
+    done
+    for k in hot mt; do
+        for d in fast xen xen+fastslots; do
+            for v in off default limit1024; do list+=("limit_$k/$d/$v"); done
+        done
+    done
+    table "${list[@]}"
+    echo "(iommu_batch32_*: ns per batch of 32 ops, aggregate over threads; iommu_pair_*: ns per"
+    echo " pair, aggregate; copy_*: ns per element; limit_*: ns per pair, aggregate for mt)"
+
+    echo
+    printf '%-58s %10s   %s\n' "ratio" "value" "target"
+    for k in pair batch32; do
+        for c in cost0 cost800; do
+            for t in 1 2; do
+                # Aggregate throughput ratio = time ratio inverted.
+                show "$(median "iommu_${k}_$c/xen/$t")" "$(median "iommu_${k}_$c/fast/$t")" \
+                    "IOMMU $k $c: Fast/Xen throughput, $t thread(s)" "$([ $t = 2 ] && echo '>= 4' || true)"
+                show "$(median "iommu_${k}_$c/xen/$t")" "$(median "iommu_${k}_$c/xen+permapbfn/$t")" \
+                    "IOMMU $k $c: XenPerMapBfn/Xen throughput, $t thread(s)" ""
+                show "$(median "iommu_${k}_$c/xen+permapbfn/$t")" "$(median "iommu_${k}_$c/fast/$t")" \
+                    "IOMMU $k $c: Fast/XenPerMapBfn throughput, $t thread(s)" ""
+            done
+            for d in $IOMMU_DESIGNS; do
+                show "$(median "iommu_${k}_$c/$d/1")" "$(median "iommu_${k}_$c/$d/2")" \
+                    "IOMMU $k $c: $d scaling, 2 threads / 1" ""
+            done
+        done
+    done
+    for dir in tx rx; do
+        for v in same diff; do
+            show "$(median "copy_$dir/fast/$v")" "$(median "copy_$dir/xen/$v")" \
+                "copy $dir $v grant: Fast/Xen time per element" ""
+        done
+        for d in fast xen; do
+            show "$(median "copy_$dir/$d/diff")" "$(median "copy_$dir/$d/same")" \
+                "copy $dir: $d, all different / same grant (caching)" ""
+        done
+    done
+    for k in hot mt; do
+        for d in fast xen xen+fastslots; do
+            for v in default limit1024; do
+                show "$(median "limit_$k/$d/$v")" "$(median "limit_$k/$d/off")" \
+                    "limit $k: $d, $v / off (time per pair)" "<= 1.05"
+            done
+        done
+    done
+    exit 0
+fi
+
 printf '%-46s %10s %10s\n' "benchmark" "median ns" "min ns"
 for b in pair_hot/fast pair_hot/xen pair_hot/floor pair_hot/floor-xen \
     pair_warm/fast pair_warm/xen pair_cold/fast pair_cold/xen \

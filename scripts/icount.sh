@@ -9,8 +9,14 @@
 # Instruction counts do not depend on machine load, so these numbers are trustworthy on a
 # busy shared machine (wall-clock numbers are not).
 #
-# Usage: scripts/icount.sh [workload...]          workloads: hot (default) warm cold batch32
-#   N=20000                  pairs in the short run (the long run does 2N)
+# Usage: scripts/icount.sh [workload...]          workloads: hot (default) warm cold batch32,
+#                                                 and (docs/benchmarks.md section 7) iommu
+#                                                 iommu32 hot-limit-off hot-limit1024
+#                                                 copy-tx-same copy-tx-diff copy-rx-same
+#                                                 copy-rx-diff (see benches/icount.rs)
+#   N=20000                  pairs in the short run (the long run does 2N); for copy-*
+#                            workloads (unit: one element of a 64-element batch) rounded up
+#                            to a multiple of 64
 #   DESIGNS="fast xen ..."   designs to count (default: all, see gnttab::design::DESIGN_NAMES)
 #   ANNOTATE=1               also profile the counted pairs of each design: inclusive costs in
 #                            $OUT/annotate-<workload>-<design>.txt, self cost per pair by
@@ -19,6 +25,7 @@
 #                            SeqCst fences) with their source locations in
 #                            $OUT/locks-<workload>-<design>.txt (needs objdump and addr2line)
 #   OUT=dir                  where callgrind files go (default $CARGO_TARGET_DIR/icount)
+#   FLOORS=0                 skip the floors (counted again for every workload otherwise)
 #
 # Needs valgrind (callgrind, callgrind_annotate). Builds the driver with the bench profile
 # (LTO, debug line info) so the code counted is the code `cargo bench` times.
@@ -53,9 +60,9 @@ count() { # design workload pairs
 profile() { # design workload
     local f="$OUT/cg.$2.$1.profile.out"
     valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$f" \
-        --toggle-collect='*icount::counted*' "$bin" "$1" "$2" "$N" >/dev/null 2>"$f.log"
+        --toggle-collect='*icount::counted*' "$bin" "$1" "$2" "$NW" >/dev/null 2>"$f.log"
     callgrind_annotate --inclusive=yes "$f" >"$OUT/annotate-$2-$1.txt" 2>/dev/null || true
-    callgrind_annotate --auto=no --threshold=100 "$f" 2>/dev/null | ROOT="$PWD/" PAIRS="$N" perl -ne '
+    callgrind_annotate --auto=no --threshold=100 "$f" 2>/dev/null | ROOT="$PWD/" PAIRS="$NW" perl -ne '
         next unless /^\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S[^:]*):(.*?)(?: \[.*\])?$/;
         my ($ir, $file, $fn) = ($1, $2, $3);
         $ir =~ tr/,//d;
@@ -76,7 +83,7 @@ profile() { # design workload
                 for sort { $t{$b} <=> $t{$a} } keys %t;
             printf "%9.1f  TOTAL (instructions per pair, self cost by source file)\n", $all / $ENV{PAIRS};
         }' >"$OUT/by-file-$2-$1.txt"
-    perl -e "$LOCKS_PL" "$f" "$N" 1 >"$OUT/locks-$2-$1.txt"
+    perl -e "$LOCKS_PL" "$f" "$NW" 1 >"$OUT/locks-$2-$1.txt"
 }
 
 # Locked instructions (lock-prefixed, xchg with memory) and mfences executed per pair, from a
@@ -135,20 +142,24 @@ PERL
 printf '%s\n' "rustc: $(rustc --version)"
 printf '%s\n' "N = $N (short run), 2N = $((2 * N)) (long run)"
 for w in "${WORKLOADS[@]}"; do
+    NW=$N
+    case $w in copy-*) NW=$(((N + 63) / 64 * 64)) ;; esac
     echo
-    printf '%-16s %-10s %14s %14s %12s\n' design workload "I(N)" "I(2N)" "instr/pair"
+    printf '%-16s %-13s %14s %14s %12s   (N = %d)\n' design workload "I(N)" "I(2N)" "instr/pair" "$NW"
     declare -A per=()
     for d in $DESIGNS; do
-        a=$(count "$d" "$w" "$N")
-        b=$(count "$d" "$w" "$((2 * N))")
-        per[$d]=$(awk -v a="$a" -v b="$b" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')
-        printf '%-16s %-10s %14d %14d %12s\n' "$d" "$w" "$a" "$b" "${per[$d]}"
+        a=$(count "$d" "$w" "$NW")
+        b=$(count "$d" "$w" "$((2 * NW))")
+        per[$d]=$(awk -v a="$a" -v b="$b" -v n="$NW" 'BEGIN { printf "%.1f", (b - a) / n }')
+        printf '%-16s %-13s %14d %14d %12s\n' "$d" "$w" "$a" "$b" "${per[$d]}"
         if [ "${ANNOTATE:-0}" = 1 ]; then
             profile "$d" "$w"
         fi
     done
     # The floors: the atomic sequences alone (benches/common/floor.rs).
-    for fl in floor floor-xen; do
+    FL="floor floor-xen"
+    [ "${FLOORS:-1}" = 0 ] && FL=""
+    for fl in $FL; do
         a=$(count fast "$fl" "$N")
         b=$(count fast "$fl" "$((2 * N))")
         per[$fl]=$(awk -v a="$a" -v b="$b" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')
@@ -161,7 +172,7 @@ for w in "${WORKLOADS[@]}"; do
     if [ "${ANNOTATE:-0}" = 1 ]; then
         echo
         printf '%-16s %-10s %22s %10s\n' design workload "locked instr/pair" "mfence"
-        for d in $DESIGNS floor floor-xen; do
+        for d in $DESIGNS $FL; do
             lf="$OUT/locks-$w-$d.txt"
             case $d in floor*) lf="$OUT/locks-$d.txt" ;; esac
             read -r nl nf <"$lf"
@@ -170,7 +181,7 @@ for w in "${WORKLOADS[@]}"; do
         echo "(SeqCst fences compile to 'lock or' on x86-64 and count as locked; each locked"
         echo " instruction with its source location: $OUT/locks-$w-<design>.txt)"
     fi
-    floor=${per[floor]}
+    floor=${per[floor]:-}
     if [ -n "${per[fast]:-}" ] && [ -n "${per[xen]:-}" ]; then
         awk -v f="${per[fast]}" -v x="${per[xen]}" -v fl="$floor" -v w="$w" 'BEGIN {
             printf "\n%s: Fast/Xen instructions per pair = %.3f   (Fast %.1f, Xen %.1f, floor %.1f)\n",

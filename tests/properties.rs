@@ -20,10 +20,13 @@ mod reference;
 use gnttab::maptrack::SlotPolicy;
 use gnttab::prelude::*;
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use proptest::test_runner::TestCaseError;
-use reference::{fast_handle, GuestErr, Kind, MapIn, Model, FAST_BIT};
+use reference::{fast_handle, GuestErr, Kind, MapIn, Model, P2m, FAST_BIT};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 /// Cases per design when `PROPTEST_CASES` is not set.
 const DEFAULT_CASES: u32 = 96;
@@ -162,6 +165,82 @@ enum RawWrite {
     Whole { flags: u16, domid: Dom, frame: u32 },
 }
 
+/// One side of a copy element.
+#[derive(Clone, Copy, Debug)]
+enum SideSel {
+    /// Grant `ref` of a domain (a granter, the caller itself, a missing id, `DOMID_SELF`).
+    Gref(Dom, u32),
+    /// The `k`-th entry (of any domain) granted to the caller, resolved from the model; the
+    /// caller's own entries are named by `DOMID_SELF` if the flag says so. The caller's own
+    /// gfn `k % MEM_PAGES` if none.
+    Granted(u8, bool),
+    /// The `k`-th entry the caller has pinned (through maps); `Granted` if none.
+    Pinned(u8),
+    /// The `k`-th pinned entry of any grantee; `Granted` if none.
+    PinnedAny(u8),
+    /// The caller's own gfn, `DOMID_SELF`.
+    Frame(u32),
+    /// A frame side with an explicit domid (the caller's numeric id, another domain, a
+    /// missing one): `permission_denied` when looked up.
+    FrameAs(Dom, u32),
+    /// A frame side with the previous element's domid for this side (not looked up again
+    /// when the other side's domid repeats too).
+    FramePrevDom(u32),
+    /// A grant side with the previous element's domid for this side.
+    GrefPrevDom(u32),
+    /// Exactly the previous element's side (domid, kind and ref / gfn: the cached buffer).
+    Prev,
+}
+
+/// A copy offset.
+#[derive(Clone, Copy, Debug)]
+enum OffSel {
+    Small(u16),
+    Any(u16),
+    Edge(u16),
+}
+
+/// A copy length.
+#[derive(Clone, Copy, Debug)]
+enum LenSel {
+    Zero,
+    Small(u16),
+    /// Up to the end of the source (`dest == false`) or destination page, one byte beyond
+    /// if `over`.
+    Fit {
+        dest: bool,
+        over: bool,
+    },
+    Any(u16),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct CopySpec {
+    src: SideSel,
+    dst: SideSel,
+    src_off: OffSel,
+    dst_off: OffSel,
+    len: LenSel,
+}
+
+/// A P2M change that lasts for one copy hypercall (undone right after it, so every
+/// allocated frame is reachable from its owner's P2M whenever the states are compared).
+#[derive(Clone, Copy, Debug)]
+enum Poke {
+    PagedOut,
+    Absent,
+    /// The gfn points at frame `gfn` of domain `dom` (another domain's: not the owner's).
+    Foreign(u8, u32),
+}
+
+/// Which frame a [`Poke`] hits: the one element `elem`'s source or destination names.
+#[derive(Clone, Copy, Debug)]
+struct PokeSpec {
+    elem: u8,
+    dest: bool,
+    to: Poke,
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Grant {
@@ -215,6 +294,75 @@ enum Op {
         caller: u8,
         target: Dom,
         count: u8,
+    },
+    /// One `GNTTABOP_copy` hypercall. Bit `i` of `preempt`: the hypercall is preempted before
+    /// element `i` (`CopyPreempt` answers `Fail`: a continuation with nothing cached).
+    Copy {
+        caller: u8,
+        vcpu: u8,
+        batch: Vec<CopySpec>,
+        poke: Option<PokeSpec>,
+        preempt: u8,
+    },
+    /// A guest writes a pattern into its own memory.
+    Write {
+        dom: u8,
+        gfn: u32,
+        offset: u16,
+        len: u16,
+        seed: u8,
+    },
+    /// Toolstack pages a frame out (or back in).
+    Page {
+        dom: u8,
+        gfn: u32,
+        out: bool,
+    },
+    /// A guest gives one of its frames a non-writable type (or takes it away).
+    FrameType {
+        dom: u8,
+        gfn: u32,
+        on: bool,
+    },
+    /// Pin-counter overflow through copies: `granter` grants `gref` -> `gfn` to `mapper`
+    /// (read-only if `ro`), `mapper` maps it `n` times (host, read-only if `ro`), copies from
+    /// it (and, writable, into it) in one batch, then unmaps everything.
+    FloodCopy {
+        mapper: u8,
+        granter: u8,
+        gref: u32,
+        gfn: u32,
+        n: u8,
+        ro: bool,
+    },
+    /// Toolstack kills domain `dom` and runs the teardown to completion (skipped unless two
+    /// other domains stay alive, so the rest of the scenario keeps a mapper and a granter).
+    Kill {
+        dom: u8,
+    },
+    /// A dying granter: `granter` grants `gref` -> `gfn` to `mapper` (another domain), which
+    /// maps it (read-only if `ro`); the granter is killed (a zombie: its page is mapped); the
+    /// mapper copies from and into the grant and from another of the zombie's refs, then
+    /// unmaps everything (destroying the zombie).
+    ZombieCopy {
+        granter: u8,
+        mapper: u8,
+        gref: u32,
+        gfn: u32,
+        ro: bool,
+    },
+    /// The XSA-500 shape: the adversary (else domain `mapper + 1`) grants `gref` -> `gfn`
+    /// writable to `mapper`, which maps it read-only; the adversary points the entry at
+    /// `gfn2`; the mapper copies into the grant (an upgrade of the read-only pin), then from
+    /// it. Every sub-step is compared.
+    Xsa500 {
+        mapper: u8,
+        gref: u32,
+        gfn: u32,
+        gfn2: u32,
+        slot: u8,
+        off: u16,
+        len: u16,
     },
 }
 
@@ -345,6 +493,63 @@ fn raw_write() -> impl Strategy<Value = RawWrite> {
     ]
 }
 
+fn side_sel() -> impl Strategy<Value = SideSel> {
+    let gfn = || prop_oneof![8 => 0u32..(MEM_PAGES as u32), 1 => (MEM_PAGES as u32)..(MEM_PAGES as u32 + 2)];
+    prop_oneof![
+        3 => (dom(), prop_oneof![
+            4 => 0u32..16,
+            1 => prop::sample::select(vec![512u32, 513, 1023, 1024, 1536, 65536, 1 << 31, u32::MAX]),
+        ])
+        .prop_map(|(d, g)| SideSel::Gref(d, g)),
+        6 => (any::<u8>(), any::<bool>()).prop_map(|(k, s)| SideSel::Granted(k, s)),
+        3 => any::<u8>().prop_map(SideSel::Pinned),
+        1 => any::<u8>().prop_map(SideSel::PinnedAny),
+        5 => gfn().prop_map(SideSel::Frame),
+        1 => (dom(), gfn()).prop_map(|(d, g)| SideSel::FrameAs(d, g)),
+        2 => gfn().prop_map(SideSel::FramePrevDom),
+        1 => (0u32..16).prop_map(SideSel::GrefPrevDom),
+        6 => Just(SideSel::Prev),
+    ]
+}
+
+fn off_sel() -> impl Strategy<Value = OffSel> {
+    prop_oneof![
+        6 => (0u16..64).prop_map(OffSel::Small),
+        3 => (0u16..4096).prop_map(OffSel::Any),
+        1 => prop::sample::select(vec![0u16, 1, 4094, 4095, 4096, 4097, u16::MAX]).prop_map(OffSel::Edge),
+    ]
+}
+
+fn copy_spec() -> impl Strategy<Value = CopySpec> {
+    let len = prop_oneof![
+        1 => Just(LenSel::Zero),
+        8 => (1u16..64).prop_map(LenSel::Small),
+        3 => (any::<bool>(), prop::bool::weighted(0.4)).prop_map(|(dest, over)| LenSel::Fit { dest, over }),
+        1 => prop::sample::select(vec![1u16, 4095, 4096, 4097, u16::MAX]).prop_map(LenSel::Any),
+    ];
+    (side_sel(), side_sel(), off_sel(), off_sel(), len).prop_map(
+        |(src, dst, src_off, dst_off, len)| CopySpec {
+            src,
+            dst,
+            src_off,
+            dst_off,
+            len,
+        },
+    )
+}
+
+fn poke() -> impl Strategy<Value = Option<PokeSpec>> {
+    let to = prop_oneof![
+        1 => Just(Poke::PagedOut),
+        1 => Just(Poke::Absent),
+        1 => (0u8..3, 0u32..(MEM_PAGES as u32)).prop_map(|(d, g)| Poke::Foreign(d, g)),
+    ];
+    prop_oneof![
+        4 => Just(None),
+        1 => (0u8..4, any::<bool>(), to).prop_map(|(elem, dest, to)| Some(PokeSpec { elem, dest, to })),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let idx = || 0u8..3;
     let count = || prop_oneof![8 => Just(1u8), 1 => Just(0u8), 1 => Just(2u8)];
@@ -367,6 +572,21 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (idx(), dom(), 0u32..5, count())
             .prop_map(|(caller, target, nr_frames, count)| Op::Setup { caller, target, nr_frames, count }),
         1 => (idx(), dom(), count()).prop_map(|(caller, target, count)| Op::Query { caller, target, count }),
+        14 => (idx(), 0u8..2, prop::collection::vec(copy_spec(), 1..=4), poke(), prop_oneof![3 => Just(0u8), 1 => any::<u8>()])
+            .prop_map(|(caller, vcpu, batch, poke, preempt)| Op::Copy { caller, vcpu, batch, poke, preempt }),
+        2 => (idx(), 0u32..(MEM_PAGES as u32 + 1), prop_oneof![8 => 0u16..4096, 1 => 4040u16..4200], 1u16..64, any::<u8>())
+            .prop_map(|(dom, gfn, offset, len, seed)| Op::Write { dom, gfn, offset, len, seed }),
+        2 => (idx(), 0u32..(MEM_PAGES as u32), any::<bool>())
+            .prop_map(|(dom, gfn, out)| Op::Page { dom, gfn, out }),
+        2 => (idx(), 0u32..(MEM_PAGES as u32), any::<bool>())
+            .prop_map(|(dom, gfn, on)| Op::FrameType { dom, gfn, on }),
+        1 => idx().prop_map(|dom| Op::Kill { dom }),
+        1 => (idx(), idx(), 0u32..16, 0u32..(MEM_PAGES as u32), any::<bool>())
+            .prop_map(|(granter, mapper, gref, gfn, ro)| Op::ZombieCopy { granter, mapper, gref, gfn, ro }),
+        1 => (idx(), idx(), 0u32..16, 0u32..(MEM_PAGES as u32), 125u8..=129, any::<bool>())
+            .prop_map(|(mapper, granter, gref, gfn, n, ro)| Op::FloodCopy { mapper, granter, gref, gfn, n, ro }),
+        2 => (idx(), 0u32..16, 0u32..(MEM_PAGES as u32), 0u32..(MEM_PAGES as u32 + 1), 100u8..120, 0u16..4000, 1u16..64)
+            .prop_map(|(mapper, gref, gfn, gfn2, slot, off, len)| Op::Xsa500 { mapper, gref, gfn, gfn2, slot, off, len }),
     ]
 }
 
@@ -405,8 +625,81 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 
 // ------------------------------------------------------------------------------ harness
 
+/// Parks a copy hypercall at every element boundary (`CopyPreempt`) while armed, so the
+/// harness can compare the state mid-batch (cached buffers hold pins and references), then
+/// lets it carry on or preempts it there.
+#[derive(Debug, Default)]
+struct Gate {
+    st: Mutex<GateState>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    armed: bool,
+    /// The batch waits at a boundary.
+    parked: bool,
+    /// The harness's answer to the parked batch.
+    answer: Option<HookAction>,
+}
+
+impl Hooks for Gate {
+    fn at(&self, ctx: &HookCtx) -> HookAction {
+        if ctx.point != HookPoint::CopyPreempt {
+            return HookAction::Continue;
+        }
+        let mut g = self.st.lock().unwrap();
+        if !g.armed {
+            return HookAction::Continue;
+        }
+        g.parked = true;
+        self.cv.notify_all();
+        loop {
+            if let Some(a) = g.answer.take() {
+                g.parked = false;
+                return a;
+            }
+            g = self.cv.wait(g).unwrap();
+        }
+    }
+}
+
+impl Gate {
+    fn arm(&self, on: bool) {
+        let mut g = self.st.lock().unwrap();
+        g.armed = on;
+        if !on && g.parked && g.answer.is_none() {
+            g.answer = Some(HookAction::Continue);
+            self.cv.notify_all();
+        }
+    }
+
+    /// Waits until the batch is parked (true) or `done()` says the hypercall returned.
+    fn wait_parked(&self, done: &dyn Fn() -> bool) -> bool {
+        let mut g = self.st.lock().unwrap();
+        loop {
+            if g.parked && g.answer.is_none() {
+                return true;
+            }
+            if done() {
+                return false;
+            }
+            // Not a timing assertion: only how often `done` is polled.
+            g = self.cv.wait_timeout(g, Duration::from_millis(5)).unwrap().0;
+        }
+    }
+
+    fn answer(&self, a: HookAction) {
+        let mut g = self.st.lock().unwrap();
+        g.answer = Some(a);
+        self.cv.notify_all();
+    }
+}
+
 struct Run<'h, D: Design> {
     hv: &'h Hypervisor<D>,
+    /// The hypervisor's hooks.
+    gate: Arc<Gate>,
     model: Model,
     ids: Vec<DomId>,
     adversary: Option<DomId>,
@@ -414,6 +707,10 @@ struct Run<'h, D: Design> {
     adversarial: BTreeSet<DomId>,
     /// Handles of mappings each mapper removed (most recent last).
     stale: BTreeMap<DomId, Vec<u32>>,
+    /// The last step may have changed guest-visible memory (a copy, a guest write, a P2M
+    /// change): `compare` reads every page (only such steps write bytes, so the other steps
+    /// skip the 4 KiB reads; the end of every scenario compares them regardless).
+    pages_dirty: bool,
     log: String,
 }
 
@@ -476,8 +773,341 @@ impl<'h, D: Design> Run<'h, D> {
         Ok(())
     }
 
-    fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+    /// The domain acting in `op` (guest-side or hypercall), if one does.
+    fn actor(&self, op: &Op) -> Option<(DomId, bool)> {
         match *op {
+            Op::Grant { granter, .. } | Op::End { granter, .. } => Some((self.idx(granter), false)),
+            Op::Raw { .. } => self.adversary.map(|a| (a, false)),
+            Op::Write { dom, .. } | Op::Page { dom, .. } | Op::FrameType { dom, .. } => {
+                Some((self.idx(dom), false))
+            }
+            Op::Map { mapper, .. } | Op::Flood { mapper, .. } | Op::UnmapAll { mapper } => {
+                Some((self.idx(mapper), true))
+            }
+            // A busy mapper has live mappings, so it is alive.
+            Op::Unmap { mapper, busy, .. } => {
+                (!busy || self.model.mappings.is_empty()).then(|| (self.idx(mapper), true))
+            }
+            Op::Setup { caller, .. } | Op::Query { caller, .. } | Op::Copy { caller, .. } => {
+                Some((self.idx(caller), true))
+            }
+            Op::Kill { .. } | Op::FloodCopy { .. } | Op::Xsa500 { .. } | Op::ZombieCopy { .. } => {
+                None
+            }
+        }
+    }
+
+    /// Whether `id` is alive in the model.
+    fn alive(&self, id: DomId) -> bool {
+        self.model.domains.get(&id).is_some_and(|d| !d.dying)
+    }
+
+    /// A killed domain does not act: its hypercalls are refused (`-ESRCH` while it is a
+    /// zombie, no vCPU to enter once destroyed) and its guest is paused. Returns whether
+    /// `op` was skipped for that reason.
+    fn dead_actor(&mut self, op: &Op) -> Result<bool, TestCaseError> {
+        let Some((id, hypercall)) = self.actor(op) else {
+            return Ok(false);
+        };
+        if self.alive(id) {
+            return Ok(false);
+        }
+        if hypercall {
+            if self.model.domains.contains_key(&id) {
+                let r = self.hv.vcpu(id, 0).map(|mut cx| cx.copy(&mut []));
+                ensure!(
+                    self,
+                    r == Ok(Err(Errno::Srch)),
+                    "hypercall of dying {id:?}: {r:?}, expected -ESRCH"
+                );
+            } else {
+                let r = self.hv.vcpu(id, 0).err();
+                ensure!(
+                    self,
+                    r == Some(EnterError::NoDomain),
+                    "vCPU of destroyed {id:?}: {r:?}"
+                );
+            }
+        }
+        self.line(format!("{id:?} is dead: skipped {op:?}"));
+        Ok(true)
+    }
+
+    fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        if self.dead_actor(op)? {
+            return Ok(());
+        }
+        match *op {
+            Op::Kill { dom } => {
+                let id = self.idx(dom);
+                let others = self
+                    .ids
+                    .iter()
+                    .filter(|&&d| d != id && self.alive(d))
+                    .count();
+                if !self.alive(id) || others < 2 {
+                    self.line(format!("kill {id:?}: skipped"));
+                    return Ok(());
+                }
+                let st = self.hv.kill_domain(id).unwrap().run();
+                let (released, destroyed) = self.model.kill(id);
+                self.line(format!(
+                    "kill {id:?}: released {}, destroyed {}",
+                    st.mappings_released, st.destroyed
+                ));
+                ensure!(
+                    self,
+                    (st.mappings_released, st.destroyed) == (released, destroyed),
+                    "teardown released {} mappings, destroyed {}; model {released}, {destroyed}",
+                    st.mappings_released,
+                    st.destroyed
+                );
+                Ok(())
+            }
+            Op::Copy {
+                caller,
+                vcpu,
+                ref batch,
+                poke,
+                preempt,
+            } => self.copy_step(caller, vcpu, batch, poke, preempt),
+            Op::Write {
+                dom,
+                gfn,
+                offset,
+                len,
+                seed,
+            } => {
+                let d = self.idx(dom);
+                let data: Vec<u8> = (0..len)
+                    .map(|i| seed.wrapping_add((i as u8).wrapping_mul(3)))
+                    .collect();
+                let real =
+                    self.hv
+                        .guest(d)
+                        .unwrap()
+                        .write_page(Gfn(gfn.into()), offset.into(), &data);
+                let model = self.model.write_page(d, gfn.into(), offset.into(), &data);
+                self.line(format!(
+                    "write {d:?} gfn {gfn} +{offset} len {len} seed {seed}: {real:?}"
+                ));
+                self.guest_result("write_page", real, model)
+            }
+            Op::Page { dom, gfn, out } => {
+                let d = self.idx(dom);
+                let m = self.model.dom(d).frames[gfn as usize];
+                let e = if out {
+                    P2m::PagedOut(m)
+                } else {
+                    P2m::Present(m)
+                };
+                self.line(format!("p2m {d:?} gfn {gfn} -> {e:?}"));
+                self.set_p2m(d, gfn.into(), e)
+            }
+            Op::FrameType { dom, gfn, on } => {
+                let d = self.idx(dom);
+                let m = self.model.dom(d).frames[gfn as usize];
+                let real = self.hv.machine().frame(m).unwrap().set_other_type(on);
+                let model = self.model.set_other_type(m, on);
+                self.line(format!("other type {d:?} gfn {gfn} {m:?} on {on}: {real}"));
+                ensure!(
+                    self,
+                    real == model,
+                    "set_other_type: hypervisor {real}, model {model}"
+                );
+                Ok(())
+            }
+            Op::ZombieCopy {
+                granter,
+                mapper,
+                gref,
+                gfn,
+                ro,
+            } => {
+                let n = self.ids.len() as u8;
+                let mapper = if mapper % n == granter % n {
+                    (granter + 1) % n
+                } else {
+                    mapper
+                };
+                let g = Dom::Idx(granter);
+                let el = |src, dst| CopySpec {
+                    src,
+                    dst,
+                    src_off: OffSel::Small(16),
+                    dst_off: OffSel::Small(32),
+                    len: LenSel::Small(16),
+                };
+                let steps = [
+                    Op::Grant {
+                        granter,
+                        gref,
+                        grantee: Dom::Idx(mapper),
+                        gfn,
+                        ro,
+                    },
+                    Op::Map {
+                        mapper,
+                        vcpu: 0,
+                        batch: vec![MapSpec {
+                            target: Target::Ref(g, gref),
+                            parts: Parts::Host,
+                            ro,
+                            extra: Extra::None,
+                            addr: Addr::Slot(120),
+                        }],
+                    },
+                    Op::Kill { dom: granter },
+                    Op::Copy {
+                        caller: mapper,
+                        vcpu: 1,
+                        batch: vec![
+                            el(SideSel::Gref(g, gref), SideSel::Frame(1)),
+                            el(SideSel::Frame(2), SideSel::Gref(g, gref)),
+                            el(SideSel::Gref(g, (gref + 1) % 16), SideSel::Frame(3)),
+                            el(SideSel::Granted(gref as u8, false), SideSel::Frame(4)),
+                        ],
+                        poke: None,
+                        preempt: 0,
+                    },
+                    Op::UnmapAll { mapper },
+                    Op::Copy {
+                        caller: mapper,
+                        vcpu: 0,
+                        batch: vec![el(SideSel::Gref(g, gref), SideSel::Frame(1))],
+                        poke: None,
+                        preempt: 0,
+                    },
+                ];
+                for st in &steps {
+                    self.step(st)?;
+                    self.compare()?;
+                }
+                Ok(())
+            }
+            Op::FloodCopy {
+                mapper,
+                granter,
+                gref,
+                gfn,
+                n,
+                ro,
+            } => {
+                let g = Dom::Idx(granter);
+                let el = |src, dst| CopySpec {
+                    src,
+                    dst,
+                    src_off: OffSel::Small(0),
+                    dst_off: OffSel::Small(8),
+                    len: LenSel::Small(8),
+                };
+                let steps = [
+                    Op::Grant {
+                        granter,
+                        gref,
+                        grantee: Dom::Idx(mapper),
+                        gfn,
+                        ro,
+                    },
+                    Op::Flood {
+                        mapper,
+                        granter: g,
+                        gref,
+                        n,
+                        host: true,
+                        ro,
+                    },
+                    Op::Copy {
+                        caller: mapper,
+                        vcpu: 0,
+                        batch: vec![
+                            el(SideSel::Gref(g, gref), SideSel::Frame(1)),
+                            el(SideSel::Prev, SideSel::Frame(2)),
+                            el(SideSel::Frame(3), SideSel::Gref(g, gref)),
+                            el(SideSel::Gref(g, gref), SideSel::Prev),
+                        ],
+                        poke: None,
+                        preempt: 0,
+                    },
+                    Op::UnmapAll { mapper },
+                ];
+                for st in &steps {
+                    self.step(st)?;
+                    self.compare()?;
+                }
+                Ok(())
+            }
+            Op::Xsa500 {
+                mapper,
+                gref,
+                gfn,
+                gfn2,
+                slot,
+                off,
+                len,
+            } => {
+                let n = self.ids.len() as u8;
+                let granter = match self.adversary {
+                    Some(a) => self.ids.iter().position(|&d| d == a).unwrap() as u8,
+                    None => (mapper + 1) % n,
+                };
+                let g = Dom::Idx(granter);
+                let mut steps = vec![
+                    Op::Grant {
+                        granter,
+                        gref,
+                        grantee: Dom::Idx(mapper),
+                        gfn,
+                        ro: false,
+                    },
+                    Op::Map {
+                        mapper,
+                        vcpu: 0,
+                        batch: vec![MapSpec {
+                            target: Target::Ref(g, gref),
+                            parts: Parts::Host,
+                            ro: true,
+                            extra: Extra::None,
+                            addr: Addr::Slot(slot),
+                        }],
+                    },
+                ];
+                if self.adversary.is_some() {
+                    steps.push(Op::Raw {
+                        target: RawTarget::Ref(gref),
+                        write: RawWrite::Frame(gfn2),
+                    });
+                }
+                let el = |src, dst| CopySpec {
+                    src,
+                    dst,
+                    src_off: OffSel::Any(off),
+                    dst_off: OffSel::Any(off),
+                    len: LenSel::Small(len),
+                };
+                steps.push(Op::Copy {
+                    caller: mapper,
+                    vcpu: 0,
+                    batch: vec![
+                        el(SideSel::Frame(1), SideSel::Gref(g, gref)),
+                        el(SideSel::Gref(g, gref), SideSel::Frame(2)),
+                    ],
+                    poke: None,
+                    preempt: 0,
+                });
+                steps.push(Op::Copy {
+                    caller: mapper,
+                    vcpu: 1,
+                    batch: vec![el(SideSel::Gref(g, gref), SideSel::Frame(3))],
+                    poke: None,
+                    preempt: 0,
+                });
+                for st in &steps {
+                    self.step(st)?;
+                    self.compare()?;
+                }
+                Ok(())
+            }
             Op::Grant {
                 granter,
                 gref,
@@ -781,6 +1411,334 @@ impl<'h, D: Design> Run<'h, D> {
         }
     }
 
+    fn copy_step(
+        &mut self,
+        caller: u8,
+        vcpu: u8,
+        batch: &[CopySpec],
+        poke: Option<PokeSpec>,
+        preempt: u8,
+    ) -> Result<(), TestCaseError> {
+        let ld = self.idx(caller);
+        let mut ops: Vec<GnttabCopy> = Vec::with_capacity(batch.len());
+        for spec in batch {
+            let prev = ops.last().map(|o: &GnttabCopy| {
+                (
+                    (
+                        o.flags & gntcopy::SOURCE_GREF != 0,
+                        o.source.u,
+                        o.source.domid,
+                    ),
+                    (o.flags & gntcopy::DEST_GREF != 0, o.dest.u, o.dest.domid),
+                )
+            });
+            let (sg, su, sd) = self.copy_side(ld, spec.src, prev.map(|p| p.0));
+            let (dg, du, dd) = self.copy_side(ld, spec.dst, prev.map(|p| p.1));
+            let so = Self::offset(spec.src_off);
+            let dof = Self::offset(spec.dst_off);
+            let len = match spec.len {
+                LenSel::Zero => 0,
+                LenSel::Small(n) | LenSel::Any(n) => n,
+                LenSel::Fit { dest, over } => {
+                    let off = u32::from(if dest { dof } else { so });
+                    (4096 + u32::from(over)).saturating_sub(off).max(1) as u16
+                }
+            };
+            let mut op = GnttabCopy::new(
+                CopyPtr {
+                    u: su,
+                    domid: sd,
+                    offset: so,
+                },
+                sg,
+                CopyPtr {
+                    u: du,
+                    domid: dd,
+                    offset: dof,
+                },
+                dg,
+                len,
+            );
+            // Garbage in the output field must not matter.
+            op.status = GntSt::NoDeviceSpace;
+            ops.push(op);
+        }
+        // A P2M change for the duration of this hypercall.
+        let poked = poke.and_then(|p| self.poke_target(ld, &ops, p).map(|t| (t, p.to)));
+        let mut undo = None;
+        if let Some(((dom, gfn), to)) = poked {
+            let cur = self.model.p2m(dom, gfn);
+            let m = match cur {
+                P2m::Present(m) | P2m::PagedOut(m) => m,
+                P2m::Absent => unreachable!("pokes hit live domains' P2Ms, which are full"),
+            };
+            let new = match to {
+                Poke::PagedOut => P2m::PagedOut(m),
+                Poke::Absent => P2m::Absent,
+                Poke::Foreign(d, g) => match self.model.domains.get(&self.idx(d)) {
+                    Some(d) if !d.dying => P2m::Present(d.frames[g as usize]),
+                    _ => P2m::Absent,
+                },
+            };
+            self.set_p2m(dom, gfn, new)?;
+            undo = Some((dom, gfn, cur));
+            self.line(format!(
+                "p2m {dom:?} gfn {gfn}: {cur:?} -> {new:?} for one copy"
+            ));
+        }
+        let vcpu = u16::from(vcpu) % VCPUS;
+        let (real, preds) = self.copy_hypercall(ld, vcpu, &mut ops, preempt)?;
+        let side = |g: bool, p: &CopyPtr| {
+            if g {
+                format!("{:?}:g{}+{}", p.domid, p.u as u32, p.offset)
+            } else {
+                format!("{:?}:gfn{}+{}", p.domid, p.u, p.offset)
+            }
+        };
+        let s: Vec<String> = ops
+            .iter()
+            .map(|o| {
+                format!(
+                    "[{} -> {} len {} -> {:?}]",
+                    side(o.flags & gntcopy::SOURCE_GREF != 0, &o.source),
+                    side(o.flags & gntcopy::DEST_GREF != 0, &o.dest),
+                    o.len,
+                    o.status
+                )
+            })
+            .collect();
+        self.line(format!("copy by {ld:?}/v{vcpu}: {}", s.join(" ")));
+        if let Some((dom, gfn, old)) = undo {
+            self.set_p2m(dom, gfn, old)?;
+        }
+        ensure!(self, real.is_ok(), "copy hypercall failed: {real:?}");
+        for (k, (p, o)) in preds.iter().zip(&ops).enumerate() {
+            ensure!(
+                self,
+                o.status == *p,
+                "copy element {k}: status {:?}, model {p:?}",
+                o.status
+            );
+        }
+        // Independently of the model's copy logic: every pin left is one a live mapping
+        // accounts for (the batch released all its buffers).
+        for (&id, d) in &self.model.domains {
+            for &gref in d.entries.keys() {
+                let mut want = [0u32; 4];
+                for m in self.model.mappings.values() {
+                    if m.granter == id && m.gref == gref {
+                        for (w, i) in want.iter_mut().zip(reference::incr_for(m.flags)) {
+                            *w += i;
+                        }
+                    }
+                }
+                let got = self.hv.active_entry(id, GrantRef(gref)).unwrap().counters();
+                ensure!(
+                    self,
+                    got == want,
+                    "{id:?} g{gref}: pins {got:?} after the copy, live mappings account for {want:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Issues the copy hypercall and runs the model alongside. A batch of several elements runs
+    /// on its own thread and parks at every element boundary: there the model has run the
+    /// elements before it, and the entries and frame references (with the cached buffers'
+    /// pins and references) are compared; then the batch carries on or, if `preempt` says so,
+    /// is preempted. Returns the hypercall's result and the model's statuses.
+    fn copy_hypercall(
+        &mut self,
+        ld: DomId,
+        vcpu: u16,
+        ops: &mut Vec<GnttabCopy>,
+        preempt: u8,
+    ) -> Result<(Result<(), Errno>, Vec<GntSt>), TestCaseError> {
+        let hv = self.hv;
+        let issue = move |ops: &mut Vec<GnttabCopy>| {
+            let mut cx = hv.vcpu(ld, vcpu).unwrap();
+            if vcpu == 1 {
+                cx.grant_table_op(GnttabOp::Copy(ops))
+            } else {
+                cx.copy(ops)
+            }
+        };
+        let input = ops.clone();
+        let mut run = reference::CopyRun::default();
+        let mut preds = Vec::with_capacity(ops.len());
+        if ops.len() == 1 {
+            let real = issue(ops);
+            preds.push(self.model.copy_element(ld, &mut run, &input[0]));
+            self.model.copy_end(run);
+            return Ok((real, preds));
+        }
+        let gate = self.gate.clone();
+        gate.arm(true);
+        let (real, returned, mid) = std::thread::scope(|s| {
+            let mut mine = std::mem::take(ops);
+            let h = s.spawn(move || {
+                let r = issue(&mut mine);
+                (r, mine)
+            });
+            let mut mid = Ok(());
+            for (i, op) in input.iter().enumerate().skip(1) {
+                if !gate.wait_parked(&|| h.is_finished()) {
+                    mid = Err(format!(
+                        "the batch never reached the boundary before element {i}"
+                    ));
+                    break;
+                }
+                preds.push(self.model.copy_element(ld, &mut run, &input[i - 1]));
+                if let Err(e) = self.compare_mid() {
+                    mid = Err(format!("before copy element {i} ({op:?}): {e}"));
+                    break;
+                }
+                *self.model.hits.entry("mid-batch comparison").or_default() += 1;
+                if preempt & (1 << i) != 0 {
+                    self.model.copy_preempt(&mut run);
+                    gate.answer(HookAction::Fail);
+                } else {
+                    gate.answer(HookAction::Continue);
+                }
+            }
+            gate.arm(false);
+            let (r, mine) = h.join().unwrap();
+            (r, mine, mid)
+        });
+        *ops = returned;
+        if let Err(e) = mid {
+            return Err(fail(&self.log, e));
+        }
+        preds.push(self.model.copy_element(ld, &mut run, input.last().unwrap()));
+        self.model.copy_end(run);
+        Ok((real, preds))
+    }
+
+    /// The mid-batch comparison: frames and entries only (not at quiescence).
+    fn compare_mid(&self) -> Result<(), String> {
+        let err = |e: TestCaseError| match e {
+            TestCaseError::Fail(m) | TestCaseError::Reject(m) => m
+                .message()
+                .split("\n--- executed steps")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        };
+        self.compare_frames().map_err(err)?;
+        for (&id, d) in &self.model.domains {
+            self.compare_entries(id, d).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Sets a P2M entry in the hypervisor and the model (they must agree on the old one).
+    fn set_p2m(&mut self, dom: DomId, gfn: u64, e: P2m) -> Result<(), TestCaseError> {
+        let real = self.hv.set_p2m(dom, Gfn(gfn), p2m_entry(e));
+        let model = self.model.set_p2m(dom, gfn, e);
+        ensure!(
+            self,
+            real == model.map(p2m_entry),
+            "set_p2m {dom:?} gfn {gfn}: hypervisor had {real:?}, model {model:?}"
+        );
+        Ok(())
+    }
+
+    /// The (domain, gfn) the side of element `p.elem` names, if inside a P2M.
+    fn poke_target(&self, ld: DomId, ops: &[GnttabCopy], p: PokeSpec) -> Option<(DomId, u64)> {
+        let op = &ops[p.elem as usize % ops.len()];
+        let (ptr, gref) = if p.dest {
+            (&op.dest, op.flags & gntcopy::DEST_GREF != 0)
+        } else {
+            (&op.source, op.flags & gntcopy::SOURCE_GREF != 0)
+        };
+        let (dom, gfn) = if gref {
+            let dom = if ptr.domid == DomId::SELF {
+                ld
+            } else {
+                ptr.domid
+            };
+            let d = self.model.domains.get(&dom)?;
+            let r = ptr.u as u32;
+            if r >= d.nr_entries() {
+                return None;
+            }
+            (dom, u64::from(d.entry(r).shared.frame))
+        } else {
+            (ld, ptr.u)
+        };
+        (gfn < MEM_PAGES && self.alive(dom)).then_some((dom, gfn))
+    }
+
+    fn offset(o: OffSel) -> u16 {
+        match o {
+            OffSel::Small(v) | OffSel::Any(v) | OffSel::Edge(v) => v,
+        }
+    }
+
+    /// Entries (of any domain) granted to `ld`: permit_access with domid `ld`.
+    fn granted_to(&self, ld: DomId) -> Vec<(DomId, u32)> {
+        self.entries_where(&|e| {
+            e.shared.flags & gtf::TYPE_MASK == gtf::PERMIT_ACCESS && e.shared.domid == ld
+        })
+    }
+
+    /// Entries (of any domain) `ld` has pinned.
+    fn pinned_by(&self, ld: DomId) -> Vec<(DomId, u32)> {
+        self.entries_where(&|e| e.pinned() && e.act_domid == ld)
+    }
+
+    fn entries_where(&self, pred: &dyn Fn(&reference::Entry) -> bool) -> Vec<(DomId, u32)> {
+        self.model
+            .domains
+            .iter()
+            .flat_map(|(&id, d)| {
+                d.entries
+                    .iter()
+                    .filter(|(_, e)| pred(e))
+                    .map(move |(&g, _)| (id, g))
+            })
+            .collect()
+    }
+
+    /// `(is_gref, u, domid)` of one side of a copy element by `ld`.
+    fn copy_side(
+        &self,
+        ld: DomId,
+        sel: SideSel,
+        prev: Option<(bool, u64, DomId)>,
+    ) -> (bool, u64, DomId) {
+        let pick = |v: Vec<(DomId, u32)>, k: u8| v.get(k as usize % v.len().max(1)).copied();
+        let granted = |k: u8, self_id: bool| match pick(self.granted_to(ld), k) {
+            Some((d, g)) => {
+                let d = if d == ld && self_id { DomId::SELF } else { d };
+                (true, u64::from(g), d)
+            }
+            None => (false, u64::from(k) % MEM_PAGES, DomId::SELF),
+        };
+        match sel {
+            SideSel::Gref(d, g) => (true, u64::from(g), self.dom(d)),
+            SideSel::Granted(k, self_id) => granted(k, self_id),
+            SideSel::Pinned(k) => match pick(self.pinned_by(ld), k) {
+                Some((d, g)) => (true, u64::from(g), d),
+                None => granted(k, false),
+            },
+            SideSel::PinnedAny(k) => match pick(self.entries_where(&|e| e.pinned()), k) {
+                Some((d, g)) => (true, u64::from(g), d),
+                None => granted(k, false),
+            },
+            SideSel::Frame(g) => (false, u64::from(g), DomId::SELF),
+            SideSel::FrameAs(d, g) => (false, u64::from(g), self.dom(d)),
+            SideSel::FramePrevDom(g) => {
+                (false, u64::from(g), prev.map_or(DomId::SELF, |(_, _, d)| d))
+            }
+            SideSel::GrefPrevDom(g) => {
+                (true, u64::from(g), prev.map_or(self.ids[0], |(_, _, d)| d))
+            }
+            SideSel::Prev => prev.unwrap_or((false, 0, DomId::SELF)),
+        }
+    }
+
     fn map_in(&self, ld: DomId, s: &MapSpec) -> MapIn {
         let mut flags = match s.parts {
             Parts::Host => GntMap::HOST_MAP,
@@ -797,22 +1755,8 @@ impl<'h, D: Design> Run<'h, D> {
             Extra::Pte => GntMap::CONTAINS_PTE,
             Extra::Avail => GntMap::from_bits_retain(1 << 16),
         };
-        let entries = |pred: &dyn Fn(&reference::Entry) -> bool| -> Vec<(DomId, u32)> {
-            self.model
-                .domains
-                .iter()
-                .flat_map(|(&id, d)| {
-                    d.entries
-                        .iter()
-                        .filter(|(_, e)| pred(e))
-                        .map(move |(&g, _)| (id, g))
-                })
-                .collect()
-        };
         let granted = |k: u8| {
-            let v = entries(&|e| {
-                e.shared.flags & gtf::TYPE_MASK == gtf::PERMIT_ACCESS && e.shared.domid == ld
-            });
+            let v = self.granted_to(ld);
             v.get(k as usize % v.len().max(1))
                 .copied()
                 .unwrap_or((self.ids[0], 0))
@@ -821,7 +1765,7 @@ impl<'h, D: Design> Run<'h, D> {
             Target::Ref(d, g) => (self.dom(d), g),
             Target::Granted(k) => granted(k),
             Target::Pinned(k) => {
-                let v = entries(&|e| e.pinned() && e.act_domid == ld);
+                let v = self.pinned_by(ld);
                 v.get(k as usize % v.len().max(1))
                     .copied()
                     .unwrap_or_else(|| granted(k))
@@ -1038,9 +1982,98 @@ impl<'h, D: Design> Run<'h, D> {
         Ok(())
     }
 
+    /// Page and type references, owner and type of every domain frame (freed ones included:
+    /// the allocator may hand a freed frame out again, but only as a grant-table frame,
+    /// nothing else allocates here).
+    fn compare_frames(&self) -> Result<(), TestCaseError> {
+        let hv = self.hv;
+        for (&mfn, want) in &self.model.frames {
+            let fi = hv.frame_info(mfn).unwrap();
+            let owner = (want.owner != DomId::INVALID).then_some(want.owner);
+            if owner.is_none() && fi.owner.is_some() {
+                ensure!(
+                    self,
+                    hv.machine().frame(mfn).unwrap().is_xenheap(),
+                    "freed {mfn:?} reallocated to {:?} as a guest frame",
+                    fi.owner
+                );
+                continue;
+            }
+            ensure!(
+                self,
+                (fi.owner, fi.refcount, fi.writable_types) == (owner, want.refs, want.types),
+                "{mfn:?}: owner {:?}, refs {}, types {}; model {owner:?}, refs {}, types {}",
+                fi.owner,
+                fi.refcount,
+                fi.writable_types,
+                want.refs,
+                want.types
+            );
+            if owner.is_some() {
+                let other = hv.machine().frame(mfn).unwrap().has_other_type();
+                ensure!(
+                    self,
+                    other == want.other,
+                    "{mfn:?}: non-writable type {other}, model {}",
+                    want.other
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every entry of `id` the model knows: shared word (status bits included), pin counters
+    /// and, while pinned, grantee and frame.
+    fn compare_entries(&self, id: DomId, d: &reference::Domain) -> Result<(), TestCaseError> {
+        let hv = self.hv;
+        let guest = hv.guest(id).unwrap();
+        for (&gref, e) in &d.entries {
+            let s = guest.entry_snapshot(GrantRef(gref)).unwrap();
+            ensure!(
+                self,
+                (s.flags, s.domid, s.frame) == (e.shared.flags, e.shared.domid, e.shared.frame),
+                "{id:?} g{gref}: shared entry (flags {:#x}, {:?}, frame {}), model (flags {:#x}, {:?}, frame {})",
+                s.flags,
+                s.domid,
+                s.frame,
+                e.shared.flags,
+                e.shared.domid,
+                e.shared.frame
+            );
+            let a = hv.active_entry(id, GrantRef(gref)).unwrap();
+            ensure!(
+                self,
+                a.counters() == e.pins,
+                "{id:?} g{gref}: pins {:?}, model {:?}",
+                a.counters(),
+                e.pins
+            );
+            if e.pinned() {
+                ensure!(
+                    self,
+                    (a.domid, a.mfn) == (e.act_domid, e.act_mfn),
+                    "{id:?} g{gref}: active ({:?}, {:?}), model ({:?}, {:?})",
+                    a.domid,
+                    a.mfn,
+                    e.act_domid,
+                    e.act_mfn
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Compares the hypervisor with the model and runs the invariant checker.
     fn compare(&self) -> Result<(), TestCaseError> {
         let hv = self.hv;
+        self.compare_frames()?;
+        for &id in &self.model.gone {
+            ensure!(
+                self,
+                hv.domain(id).is_none(),
+                "{id:?} should have been destroyed"
+            );
+        }
         for (&id, d) in &self.model.domains {
             let dom = hv.domain(id).unwrap();
             ensure!(
@@ -1052,52 +2085,45 @@ impl<'h, D: Design> Run<'h, D> {
             );
             ensure!(self, !dom.crashed(), "{id:?} crashed");
             let guest = hv.guest(id).unwrap();
-            for (&gref, e) in &d.entries {
-                let s = guest.entry_snapshot(GrantRef(gref)).unwrap();
+            self.compare_entries(id, d)?;
+            // P2M and page contents, as the guest reads its own memory.
+            let mut buf = vec![0u8; 4096];
+            for gfn in 0..MEM_PAGES + 1 {
+                let p = dom.p2m(Gfn(gfn));
+                let want = p2m_entry(self.model.p2m(id, gfn));
                 ensure!(
                     self,
-                    (s.flags, s.domid, s.frame) == (e.shared.flags, e.shared.domid, e.shared.frame),
-                    "{id:?} g{gref}: shared entry (flags {:#x}, {:?}, frame {}), model (flags {:#x}, {:?}, frame {})",
-                    s.flags,
-                    s.domid,
-                    s.frame,
-                    e.shared.flags,
-                    e.shared.domid,
-                    e.shared.frame
+                    p == want,
+                    "{id:?} gfn {gfn}: P2M {p:?}, model {want:?}"
                 );
-                let a = hv.active_entry(id, GrantRef(gref)).unwrap();
-                ensure!(
-                    self,
-                    a.counters() == e.pins,
-                    "{id:?} g{gref}: pins {:?}, model {:?}",
-                    a.counters(),
-                    e.pins
-                );
-                if e.pinned() {
-                    ensure!(
-                        self,
-                        (a.domid, a.mfn) == (e.act_domid, e.act_mfn),
-                        "{id:?} g{gref}: active ({:?}, {:?}), model ({:?}, {:?})",
-                        a.domid,
-                        a.mfn,
-                        e.act_domid,
-                        e.act_mfn
-                    );
+                if !self.pages_dirty {
+                    continue;
                 }
-            }
-            for (gfn, &mfn) in d.frames.iter().enumerate() {
-                let fi = hv.frame_info(mfn).unwrap();
-                let want = self.model.frames[&mfn];
-                ensure!(
-                    self,
-                    (fi.owner, fi.refcount, fi.writable_types) == (Some(id), want.refs, want.types),
-                    "{id:?} gfn {gfn} {mfn:?}: owner {:?}, refs {}, types {}; model refs {}, types {}",
-                    fi.owner,
-                    fi.refcount,
-                    fi.writable_types,
-                    want.refs,
-                    want.types
-                );
+                let real = guest.read_page(Gfn(gfn), 0, &mut buf);
+                match self.model.read_page(id, gfn) {
+                    Ok(bytes) => {
+                        ensure!(self, real.is_ok(), "{id:?} gfn {gfn}: read_page {real:?}");
+                        if buf[..] == bytes[..] {
+                            continue;
+                        }
+                        if let Some(k) = (0..buf.len()).find(|&k| buf[k] != bytes[k]) {
+                            let end = (k + 16).min(buf.len());
+                            return Err(fail(
+                                &self.log,
+                                format!(
+                                    "{id:?} gfn {gfn}: bytes {k}..{end} are {:?}, model {:?}",
+                                    &buf[k..end],
+                                    &bytes[k..end]
+                                ),
+                            ));
+                        }
+                    }
+                    Err(e) => ensure!(
+                        self,
+                        real.map_err(|e| format!("{e:?}")) == Err(format!("{e:?}")),
+                        "{id:?} gfn {gfn}: read_page {real:?}, model {e:?}"
+                    ),
+                }
             }
         }
         self.compare_snapshot()?;
@@ -1218,10 +2244,31 @@ impl<'h, D: Design> Run<'h, D> {
     }
 }
 
-fn run<D: Design>(sc: &Scenario) -> Result<(), TestCaseError> {
+/// The initial contents of domain `i`'s gfn `g`.
+fn fill(i: usize, g: u64) -> Vec<u8> {
+    (0..4096usize)
+        .map(|j| {
+            (j.wrapping_mul(2 * g as usize + 1) + i * 97 + g as usize * 13) as u8 ^ (j >> 8) as u8
+        })
+        .collect()
+}
+
+/// The hypervisor's form of a model P2M entry.
+fn p2m_entry(e: P2m) -> P2mEntry {
+    match e {
+        P2m::Present(m) => P2mEntry::Present(m),
+        P2m::PagedOut(m) => P2mEntry::PagedOut(m),
+        P2m::Absent => P2mEntry::Absent,
+    }
+}
+
+/// Runs one scenario; returns how often each copy path of the model was taken.
+fn run<D: Design>(sc: &Scenario) -> Result<BTreeMap<&'static str, u64>, TestCaseError> {
+    let gate = Arc::new(Gate::default());
     let hv = Hypervisor::<D>::new(HypervisorConfig {
         machine: MachineConfig { max_frames: 4096 },
         max_domains: 8,
+        hooks: Some(gate.clone()),
         ..HypervisorConfig::default()
     });
     let mut model = Model::new(<D::Slots as SlotPolicy>::ENABLED);
@@ -1257,16 +2304,25 @@ fn run<D: Design>(sc: &Scenario) -> Result<(), TestCaseError> {
             HOST_PAGES,
             spec.map_limit,
         );
+        // Every frame starts with its own pattern, so any byte a copy moves is recognisable.
+        let guest = hv.guest(id).unwrap();
+        for g in 0..MEM_PAGES {
+            let data = fill(i, g);
+            guest.write_page(Gfn(g), 0, &data).unwrap();
+            model.write_page(id, g, 0, &data).unwrap();
+        }
         ids.push(id);
     }
     let adversary = sc.adversary.map(|a| ids[a as usize]);
     let mut r = Run {
         hv: &hv,
+        gate,
         model,
         ids,
         adversary,
         adversarial: BTreeSet::new(),
         stale: BTreeMap::new(),
+        pages_dirty: true,
         log: String::new(),
     };
     let _ = writeln!(
@@ -1277,10 +2333,22 @@ fn run<D: Design>(sc: &Scenario) -> Result<(), TestCaseError> {
     );
     r.compare()?;
     for op in &sc.ops {
+        r.pages_dirty = matches!(
+            op,
+            Op::Copy { .. }
+                | Op::Write { .. }
+                | Op::Page { .. }
+                | Op::FloodCopy { .. }
+                | Op::Xsa500 { .. }
+                | Op::ZombieCopy { .. }
+                | Op::Kill { .. }
+        );
         r.step(op)?;
         r.compare()?;
     }
-    Ok(())
+    r.pages_dirty = true;
+    r.compare()?;
+    Ok(r.model.hits)
 }
 
 fn config() -> ProptestConfig {
@@ -1326,6 +2394,62 @@ proptest! {
     fn model_agrees_xen_per_map_bfn(sc in scenario()) {
         run::<XenPerMapBfn>(&sc)?;
     }
+}
+
+/// Copy paths (model tags, `reference::Model::hits`) the generators must reach, so the copy
+/// comparison is not vacuous.
+const COPY_PATHS: &[&str] = &[
+    "okay",
+    "okay len 0",
+    "bad_domain",
+    "bad_gntref",
+    "permission_denied",
+    "bad_page",
+    "eagain",
+    "bad_copy_arg",
+    "general_error",
+    "general_error: pinned by another domain",
+    "general_error: pin overflow",
+    "general_error: XSA-500 frame changed on upgrade",
+    "general_error: non-writable type",
+    "upgrade of a read-only pin",
+    "pinned compatible",
+    "cached buffer reused",
+    "cached domid on a frame side",
+    "p2m: another domain's frame",
+    "bad_domain: dying granter",
+    "teardown: zombie",
+    "teardown: domain destroyed",
+    "preempted between elements",
+    "mid-batch comparison",
+];
+
+/// Coverage of the copy generators: a fixed-seed run of `COVERAGE_CASES` scenarios (so the
+/// outcome is deterministic) must take every path in `COPY_PATHS`; the tally is printed
+/// (`--nocapture`).
+#[test]
+fn copy_paths_reached() {
+    const COVERAGE_CASES: usize = 64;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut hits: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for _ in 0..COVERAGE_CASES {
+        let sc = scenario().new_tree(&mut runner).unwrap().current();
+        match run::<Fast>(&sc) {
+            Ok(h) => {
+                for (k, v) in h {
+                    *hits.entry(k).or_default() += v;
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    eprintln!("copy paths over {COVERAGE_CASES} scenarios: {hits:#?}");
+    let missing: Vec<&str> = COPY_PATHS
+        .iter()
+        .copied()
+        .filter(|p| !hits.contains_key(p))
+        .collect();
+    assert!(missing.is_empty(), "copy paths never taken: {missing:?}");
 }
 
 /// Refs at and beyond 2^16 cannot be named by a fast handle: on designs with inline slots the
@@ -1461,4 +2585,70 @@ fn device_map_of_first_frame_can_be_unmapped() {
 fn fast_handle_layout() {
     assert_eq!(fast_handle(DomId(5), 0x1234), Some(0x8005_1234));
     assert_eq!(fast_handle(DomId(5), 1 << 16), None);
+}
+
+/// Regression found by the copy model: the domains of a copy batch are cached by raw domids
+/// (spec 8.1 step 2), so a frame side naming the previous element's grant-side domid is not
+/// looked up (no `DOMID_SELF` check) - and step 3 still says a frame side is the caller's own
+/// gfn. The hypervisor translated it in the cached (foreign) domain's P2M: a domain that was
+/// granted anything by `a` could read and write every frame of `a`.
+fn copy_frame_side_is_callers_own<D: Design>() {
+    let hv = Hypervisor::<D>::new(HypervisorConfig::default());
+    let a = hv.create_domain(DomainConfig::new("a")).unwrap();
+    let b = hv.create_domain(DomainConfig::new("b")).unwrap();
+    let (ga, gb) = (hv.guest(a).unwrap(), hv.guest(b).unwrap());
+    for g in 0..6u64 {
+        ga.write_page(Gfn(g), 0, &[0xA0 + g as u8; 8]).unwrap();
+        gb.write_page(Gfn(g), 0, &[0xB0 + g as u8; 8]).unwrap();
+    }
+    ga.grant_access(GrantRef(0), b, Gfn(0), false).unwrap();
+    let frame_of = |dom: DomId, gfn: u64| CopyPtr {
+        u: gfn,
+        domid: dom,
+        offset: 0,
+    };
+    let mut ops = [
+        // Caches (a, SELF).
+        GnttabCopy::new(
+            CopyPtr::gref(a, GrantRef(0), 0),
+            true,
+            CopyPtr::gmfn(Gfn(1), 0),
+            false,
+            8,
+        ),
+        // Source frame side with domid a: not looked up again; must read b's own gfn 4.
+        GnttabCopy::new(frame_of(a, 4), false, CopyPtr::gmfn(Gfn(2), 0), false, 8),
+        // Caches (SELF, a).
+        GnttabCopy::new(
+            CopyPtr::gmfn(Gfn(5), 0),
+            false,
+            CopyPtr::gref(a, GrantRef(0), 0),
+            true,
+            8,
+        ),
+        // Destination frame side with domid a: must write b's own gfn 3.
+        GnttabCopy::new(CopyPtr::gmfn(Gfn(5), 0), false, frame_of(a, 3), false, 8),
+    ];
+    hv.vcpu(b, 0).unwrap().copy(&mut ops).unwrap();
+    let st: Vec<GntSt> = ops.iter().map(|o| o.status).collect();
+    assert_eq!(st, [GntSt::Okay; 4]);
+    let read = |g: &Guest<'_, D>, gfn: u64| {
+        let mut buf = [0u8; 8];
+        g.read_page(Gfn(gfn), 0, &mut buf).unwrap();
+        buf
+    };
+    assert_eq!(read(&gb, 2), [0xB4; 8], "read a's gfn 4 instead of b's own");
+    assert_eq!(read(&ga, 3), [0xA3; 8], "wrote into a's gfn 3");
+    assert_eq!(read(&gb, 3), [0xB5; 8], "b's own gfn 3 not written");
+    hv.check().assert_ok();
+}
+
+#[test]
+fn copy_frame_side_is_callers_own_all_designs() {
+    copy_frame_side_is_callers_own::<Fast>();
+    copy_frame_side_is_callers_own::<Xen>();
+    copy_frame_side_is_callers_own::<XenPlainRw>();
+    copy_frame_side_is_callers_own::<XenFastSlots>();
+    copy_frame_side_is_callers_own::<FastNoSlots>();
+    copy_frame_side_is_callers_own::<XenPerMapBfn>();
 }

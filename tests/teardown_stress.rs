@@ -12,7 +12,6 @@
 //! docs/testing.md explains how to run it under ThreadSanitizer.
 
 #[macro_use]
-#[allow(dead_code)]
 mod common;
 
 use gnttab::prelude::*;
@@ -276,6 +275,12 @@ fn stress<D: Design>(rounds: u64, strict: bool) {
             })
         });
         toolstack_loop(hv, &names, &backend_cfg, guests, rounds, 0xC0FFEE);
+        // On a loaded machine the toolstack may finish before a backend thread ran at all:
+        // let the backends map something before stopping them (bounded wait).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while mapped.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         stop.store(true, Ordering::Relaxed);
         for w in workers {
             w.join().expect("backend thread");

@@ -45,7 +45,17 @@ pub struct Rig<D: Design> {
 impl<D: Design> Rig<D> {
     /// A granter that granted refs `0..grefs` (gfn == ref) to a mapper with `vcpus` vCPUs.
     pub fn new(grefs: u32, vcpus: u16) -> Self {
-        let hv = Hypervisor::<D>::new(HypervisorConfig::default());
+        Self::with(
+            grefs,
+            HypervisorConfig::default(),
+            DomainConfig::new("mapper").vcpus(vcpus),
+        )
+    }
+
+    /// [`Rig::new`] with an explicit hypervisor configuration (IOTLB flush cost, ...) and
+    /// mapper configuration (vCPUs, IOMMU mode, map limit, ...).
+    pub fn with(grefs: u32, hv_cfg: HypervisorConfig, mapper_cfg: DomainConfig) -> Self {
+        let hv = Hypervisor::<D>::new(hv_cfg);
         let per_frame = hv.config().entries_per_frame;
         let frames = grefs.div_ceil(per_frame).max(1);
         let granter = hv
@@ -55,9 +65,7 @@ impl<D: Design> Rig<D> {
                     .memory_pages((grefs as u64).max(256)),
             )
             .expect("granter");
-        let mapper = hv
-            .create_domain(DomainConfig::new("mapper").vcpus(vcpus))
-            .expect("mapper");
+        let mapper = hv.create_domain(mapper_cfg).expect("mapper");
         {
             let mut cx = hv.vcpu(granter, 0).expect("granter vcpu");
             let mut st = [SetupTable {
@@ -116,21 +124,50 @@ pub fn pair_at<D: Design>(cx: &mut VcpuCtx<'_, D>, granter: DomId, g: u32, addr:
     assert_eq!(u[0].status, GntSt::Okay, "unmap of ref {g}");
 }
 
+/// [`pair_at`] with `GNTMAP_host_map | GNTMAP_device_map` (writable): the map also returns a
+/// device (bus) address, which the unmap passes back. On a strict-IOMMU mapper both update its
+/// IOMMU (design.md section 6).
+#[inline]
+pub fn pair_dev<D: Design>(cx: &mut VcpuCtx<'_, D>, granter: DomId, g: u32, addr: u64) {
+    let mut m = [MapGrantRef::new(
+        granter,
+        GrantRef(g),
+        GntMap::HOST_MAP | GntMap::DEVICE_MAP,
+        addr,
+    )];
+    cx.map_grant_ref(std::hint::black_box(&mut m))
+        .expect("map hypercall");
+    assert_eq!(m[0].status, GntSt::Okay, "device map of ref {g}");
+    let mut u = [UnmapGrantRef::new(m[0].handle, addr, m[0].dev_bus_addr)];
+    cx.unmap_grant_ref(std::hint::black_box(&mut u))
+        .expect("unmap hypercall");
+    assert_eq!(u[0].status, GntSt::Okay, "device unmap of ref {g}");
+}
+
 /// Reusable op arrays for batched map/unmap of refs `first..first + n`.
 pub struct Batch {
     pub map: Vec<MapGrantRef>,
     pub unmap: Vec<UnmapGrantRef>,
+    /// The maps include `GNTMAP_device_map`: unmaps pass the device address back.
+    pub device: bool,
 }
 
 impl Batch {
     pub fn new(granter: DomId, first: u32, n: u32) -> Self {
+        Self::with_flags(granter, first, n, GntMap::HOST_MAP)
+    }
+
+    /// Batches with explicit map flags (e.g. `HOST_MAP | DEVICE_MAP`); the unmaps pass back
+    /// each map's device address.
+    pub fn with_flags(granter: DomId, first: u32, n: u32, flags: GntMap) -> Self {
         Self {
             map: (first..first + n)
-                .map(|g| MapGrantRef::new(granter, GrantRef(g), GntMap::HOST_MAP, host_addr(g)))
+                .map(|g| MapGrantRef::new(granter, GrantRef(g), flags, host_addr(g)))
                 .collect(),
             unmap: (first..first + n)
                 .map(|g| UnmapGrantRef::new(GrantHandle::default(), host_addr(g), 0))
                 .collect(),
+            device: flags.contains(GntMap::DEVICE_MAP),
         }
     }
 
@@ -142,6 +179,9 @@ impl Batch {
         for (m, u) in self.map.iter().zip(self.unmap.iter_mut()) {
             assert_eq!(m.status, GntSt::Okay, "batched map of {:?}", m.ref_);
             u.handle = m.handle;
+            if self.device {
+                u.dev_bus_addr = m.dev_bus_addr;
+            }
         }
         cx.unmap_grant_ref(std::hint::black_box(&mut self.unmap))
             .expect("unmap hypercall");
@@ -229,5 +269,71 @@ pub fn designs(default: &[&'static str]) -> Vec<String> {
     match std::env::var("GNTTAB_BENCH_DESIGNS") {
         Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_owned()).collect(),
         _ => default.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// Bytes per copy element (an Ethernet frame's payload, as netback copies).
+pub const COPY_LEN: u16 = 1500;
+
+/// Elements per copy hypercall.
+pub const COPY_BATCH: u32 = 64;
+
+/// Direction of a netback-like copy batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyDir {
+    /// Guest transmit: source a grant of the granter (`GNTCOPY_source_gref`), destination the
+    /// copying domain's own frame.
+    Tx,
+    /// Guest receive: source the copying domain's own frame, destination a grant of the
+    /// granter (`GNTCOPY_dest_gref`, a writable grant).
+    Rx,
+}
+
+impl CopyDir {
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyDir::Tx => "tx",
+            CopyDir::Rx => "rx",
+        }
+    }
+}
+
+/// A reusable `GNTTABOP_copy` argument array of `n` elements of [`COPY_LEN`] bytes. Element
+/// `i` uses the copying domain's own frame gfn `i` on its local side; its grant side names ref
+/// `first` for every element when `same` (consecutive elements share the grant, so the
+/// hypercall keeps it acquired across them: offsets alternate 0 / 2048 within the page) or ref
+/// `first + i` otherwise (every element acquires and releases its own grant).
+pub struct CopyBatch {
+    pub ops: Vec<GnttabCopy>,
+}
+
+impl CopyBatch {
+    pub fn new(granter: DomId, first: u32, n: u32, dir: CopyDir, same: bool) -> Self {
+        let ops = (0..n)
+            .map(|i| {
+                let (gref, off) = if same {
+                    (first, (i % 2) as u16 * 2048)
+                } else {
+                    (first + i, 0)
+                };
+                let grant = CopyPtr::gref(granter, GrantRef(gref), off);
+                let local = CopyPtr::gmfn(Gfn(i as u64), 0);
+                match dir {
+                    CopyDir::Tx => GnttabCopy::new(grant, true, local, false, COPY_LEN),
+                    CopyDir::Rx => GnttabCopy::new(local, false, grant, true, COPY_LEN),
+                }
+            })
+            .collect();
+        Self { ops }
+    }
+
+    /// One copy hypercall with every element; panics unless every element succeeded.
+    #[inline]
+    pub fn run<D: Design>(&mut self, cx: &mut VcpuCtx<'_, D>) {
+        cx.copy(std::hint::black_box(&mut self.ops))
+            .expect("copy hypercall");
+        for op in &self.ops {
+            assert_eq!(op.status, GntSt::Okay, "copy element");
+        }
     }
 }

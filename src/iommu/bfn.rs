@@ -7,7 +7,10 @@
 //! only those lists (seed 003: a lock for the bitmap, not for the work around it). When both
 //! the cache and the pool are empty, the allocator drains every vCPU's cache into the pool and
 //! tries once more, so a map is refused (`GNTST_no_device_space`) only when no free BFN
-//! exists anywhere.
+//! exists anywhere. For that, every move of BFNs between a cache and the pool happens with the
+//! pool lock held (lock order: pool, then one cache), and the drain holds the pool lock
+//! throughout: no magazine is ever in flight outside both (found by the loom model
+//! `iommu_bfn::map_vs_map_two_bfns`).
 
 use crate::sync::{CachePadded, Mutex};
 use std::collections::BTreeSet;
@@ -81,30 +84,29 @@ impl BfnAllocator {
     }
 
     /// Loads a magazine from the pool (full magazine, loose BFNs, or fresh region) into `v`'s
-    /// cache and takes one BFN from it.
+    /// cache and takes one BFN from it. The magazine moves with the pool lock held (then the
+    /// cache lock), so a draining vCPU, which holds the pool lock, never misses it in flight.
     fn refill(&self, v: usize) -> Option<u64> {
-        let mag = {
-            let mut p = self.pool.lock();
-            if let Some(m) = p.full.pop() {
-                m
-            } else if !p.loose.is_empty() {
-                let k = p.loose.len().saturating_sub(MAG_SIZE);
-                p.loose.split_off(k)
-            } else if p.next < p.end {
-                let n = (p.end - p.next).min(MAG_SIZE as u64);
-                let m: Vec<u64> = (p.next..p.next + n).rev().collect();
-                p.next += n;
-                m
-            } else {
-                return None;
-            }
+        let mut p = self.pool.lock();
+        let mag = if let Some(m) = p.full.pop() {
+            m
+        } else if !p.loose.is_empty() {
+            let k = p.loose.len().saturating_sub(MAG_SIZE);
+            p.loose.split_off(k)
+        } else if p.next < p.end {
+            let n = (p.end - p.next).min(MAG_SIZE as u64);
+            let m: Vec<u64> = (p.next..p.next + n).rev().collect();
+            p.next += n;
+            m
+        } else {
+            return None;
         };
         let mut c = self.caches[v].lock();
         let old = core::mem::replace(&mut c.loaded, mag);
         let b = c.loaded.pop();
         drop(c);
         if !old.is_empty() {
-            self.pool.lock().loose.extend(old);
+            p.loose.extend(old);
         }
         b
     }
@@ -112,34 +114,46 @@ impl BfnAllocator {
     /// Returns `bfn` to vCPU `v`'s cache. Caller guarantees the IOTLB no longer holds a
     /// translation for it (see the flush rule in the parent module).
     pub(crate) fn free(&self, v: usize, bfn: u64) {
+        {
+            let mut c = self.caches[v].lock();
+            if c.loaded.len() < MAG_SIZE {
+                c.loaded.push(bfn);
+                return;
+            }
+            if c.prev.len() < MAG_SIZE {
+                let Cache { loaded, prev } = &mut *c;
+                core::mem::swap(loaded, prev);
+                c.loaded.push(bfn);
+                return;
+            }
+        }
+        // Both full: the previous magazine goes to the pool, moved under the pool lock (then
+        // the cache lock, as in `refill`) so that a drain never misses it. A drain may have
+        // emptied the cache meanwhile: decide again.
+        let mut p = self.pool.lock();
         let mut c = self.caches[v].lock();
-        if c.loaded.len() < MAG_SIZE {
-            c.loaded.push(bfn);
-            return;
-        }
-        if c.prev.len() < MAG_SIZE {
-            let Cache { loaded, prev } = &mut *c;
-            core::mem::swap(loaded, prev);
-            c.loaded.push(bfn);
-            return;
-        }
-        // Both full: the previous magazine goes to the pool.
         let Cache { loaded, prev } = &mut *c;
-        let full = core::mem::replace(prev, core::mem::take(loaded));
+        if loaded.len() >= MAG_SIZE {
+            if prev.len() >= MAG_SIZE {
+                p.full
+                    .push(core::mem::replace(prev, core::mem::take(loaded)));
+            } else {
+                core::mem::swap(loaded, prev);
+            }
+        }
         loaded.push(bfn);
-        drop(c);
-        self.pool.lock().full.push(full);
     }
 
+    /// Moves every vCPU's cached BFNs to the pool, holding the pool lock throughout (each cache
+    /// lock in turn inside it): every move between a cache and the pool happens under the pool
+    /// lock, so the drain sees every free BFN.
     fn drain_all(&self) {
-        let mut all = Vec::new();
+        let mut p = self.pool.lock();
         for c in self.caches.iter() {
             let mut c = c.lock();
-            all.append(&mut c.loaded);
-            all.append(&mut c.prev);
-        }
-        if !all.is_empty() {
-            self.pool.lock().loose.extend(all);
+            let Cache { loaded, prev } = &mut *c;
+            p.loose.append(loaded);
+            p.loose.append(prev);
         }
     }
 

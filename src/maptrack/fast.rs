@@ -114,15 +114,24 @@ impl FastSlot {
 }
 
 /// Chooses which live slot an unmap means when a mapper holds both slots of an entry (both
-/// share one fast handle). Rule, in order:
+/// share one fast handle). Each live slot is ranked by these tests, in order (the first test
+/// that tells two slots apart decides; a full tie picks the lower slot):
 ///
-/// 1. only one slot is live: that one;
-/// 2. `host_addr != 0` and a live slot has a host part recorded at exactly `host_addr`;
-/// 3. `dev_bus_addr != 0` and a live slot has a device part recorded at exactly `dev_bus_addr`;
-/// 4. `host_addr != 0` and a live slot has a host part (Xen does not bind a host part to its
-///    map-time address: any address mapping the frame with the right permissions is accepted);
-/// 5. `dev_bus_addr != 0` and a live slot has a device part;
-/// 6. the first live slot (the op names no part it has: a no-op either way).
+/// 1. `host_addr != 0` and the slot has a host part recorded at exactly `host_addr` (a live
+///    host address belongs to one mapping: a second map at it fails);
+/// 2. `dev_bus_addr != 0` and the slot has a device part recorded at exactly `dev_bus_addr`
+///    (unique with per-map bus frames; the machine address, shared by every device map of
+///    the gref, without them);
+/// 3. the slot has exactly the parts the op names (so the op frees it);
+/// 4. the slot has every part the op names;
+/// 5. the slot has some part the op names.
+///
+/// An op that names exactly one mapping's parts (with its host address) therefore picks that
+/// mapping or one indistinguishable from it, so a mapper that unmaps each of its mappings
+/// releases them all. (Rule 3 matters without per-map bus frames: a device-only map and a
+/// host+device map of one gref carry the same device address, and an op naming only that
+/// address must take the device-only one, or the host+device op later finds no device part
+/// left and the device-only mapping leaks; found by `tests/teardown_stress.rs`.)
 ///
 /// Returns the slot index and its flags, or `None` if no slot is live.
 pub(crate) fn select_slot(
@@ -130,43 +139,41 @@ pub(crate) fn select_slot(
     host_addr: u64,
     dev_bus_addr: u64,
 ) -> Option<(usize, GntMap)> {
-    let mut live = [None; 2];
-    let mut n = 0;
+    let mut best: Option<(SlotRank, (usize, GntMap))> = None;
     for (i, s) in slots.iter().enumerate().take(2) {
-        if let SlotState::Live(f) = s.state() {
-            live[n] = Some((i, f));
-            n += 1;
+        let SlotState::Live(f) = s.state() else {
+            continue;
+        };
+        let rank = slot_rank(f, s.host_addr(), s.bus(), host_addr, dev_bus_addr);
+        if best.is_none_or(|(b, _)| rank > b) {
+            best = Some((rank, (i, f)));
         }
     }
-    let live = &live[..n];
-    let first = *live.first()?;
-    if n == 1 {
-        return first;
-    }
-    let by = |pred: &dyn Fn(usize, GntMap) -> bool| {
-        live.iter().flatten().copied().find(|&(i, f)| pred(i, f))
-    };
-    let host = |f: GntMap| f.contains(GntMap::HOST_MAP);
-    let dev = |f: GntMap| f.contains(GntMap::DEVICE_MAP);
-    if host_addr != 0 {
-        if let Some(x) = by(&|i, f| host(f) && slots[i].host_addr() == host_addr) {
-            return Some(x);
-        }
-    }
-    if dev_bus_addr != 0 {
-        if let Some(x) = by(&|i, f| dev(f) && slots[i].bus() == dev_bus_addr) {
-            return Some(x);
-        }
-    }
-    if host_addr != 0 {
-        if let Some(x) = by(&|_, f| host(f)) {
-            return Some(x);
-        }
-    }
-    if dev_bus_addr != 0 {
-        if let Some(x) = by(&|_, f| dev(f)) {
-            return Some(x);
-        }
-    }
-    first
+    best.map(|(_, x)| x)
+}
+
+/// The tests of [`select_slot`] in order (compared lexicographically).
+pub(crate) type SlotRank = (bool, bool, bool, bool, bool);
+
+/// The ranking tuple of [`select_slot`] for a live slot with flags `f` recorded at
+/// (`host`, `bus`), for an op naming (`host_addr`, `dev_bus_addr`): larger is better.
+#[inline]
+pub(crate) fn slot_rank(
+    f: GntMap,
+    host: u64,
+    bus: u64,
+    host_addr: u64,
+    dev_bus_addr: u64,
+) -> SlotRank {
+    let has_host = f.contains(GntMap::HOST_MAP);
+    let has_dev = f.contains(GntMap::DEVICE_MAP);
+    let (want_host, want_dev) = (host_addr != 0, dev_bus_addr != 0);
+    let covers = (!want_host || has_host) && (!want_dev || has_dev);
+    (
+        want_host && has_host && host == host_addr,
+        want_dev && has_dev && bus == dev_bus_addr,
+        covers && has_host == want_host && has_dev == want_dev,
+        covers,
+        (want_host && has_host) || (want_dev && has_dev),
+    )
 }

@@ -291,7 +291,8 @@ fn remove_host_mapping<D: Design>(
                 !flags.contains(GntMap::READONLY),
                 flags.contains(GntMap::APPLICATION_MAP),
             );
-            let mask = crate::machine::Pte::PRESENT | crate::machine::Pte::RW | crate::machine::Pte::USER;
+            let mask =
+                crate::machine::Pte::PRESENT | crate::machine::Pte::RW | crate::machine::Pte::USER;
             (pte.0 ^ want.0) & mask == 0
         };
     if !ok || !ld.aspace.remove(slot, pte) {

@@ -1,23 +1,24 @@
 //! A small sequential reference model of the grant-table ABI, written from the specification
-//! (`shared/spec/xen-grant-tables.md` sections 2-7 and 8.2/8.4), not from the crate's code.
+//! (`shared/spec/xen-grant-tables.md` sections 2-7 and 8.1/8.2/8.4), not from the crate's code.
 //!
 //! The model is plain data and straight-line code: no concurrency, no locks, one operation at a
-//! time. It knows only the ABI types of the crate (`DomId`, `GntSt`, `GNTMAP_*`, `GTF_*`, ...)
-//! and the frame numbers the harness tells it at domain creation (learned through the public
-//! P2M lookup), and predicts, for every operation, the status the hypervisor must return and
-//! the state the guest and the inspection API must see afterwards.
+//! time. It knows only the ABI types of the crate (`DomId`, `GntSt`, `GNTMAP_*`, `GTF_*`,
+//! `GnttabCopy`, ...) and the frame numbers the harness tells it at domain creation (learned
+//! through the public P2M lookup), and predicts, for every operation, the status the hypervisor
+//! must return and the state the guest and the inspection API must see afterwards.
 //!
 //! What it tracks:
 //!
 //! | state                         | where                                                       |
 //! |-------------------------------|-------------------------------------------------------------|
-//! | domains                       | [`Domain`]: id, PV/HVM, gfn -> frame, grant frames, max     |
+//! | domains                       | [`Domain`]: id, PV/HVM, P2M, grant frames, max              |
 //! | shared entries (guest view)   | [`Entry::shared`]: flags incl. `GTF_reading/writing`, domid, frame |
 //! | active state                  | [`Entry`]: four pin counters, grantee, frame                 |
 //! | fast slots                    | [`Entry::slots`]: which mapping occupies each inline slot   |
 //! | live mappings                 | [`Mapping`]: mapper, granter, gref, flags, addresses, handle |
 //! | host page-table occupancy     | [`Domain::ptes`]: slot -> (frame, writable)                 |
-//! | page / writable-type references | [`Model::frames`]                                         |
+//! | page / writable-type references, owner, non-writable type | [`Model::frames`]               |
+//! | page contents (every byte)    | [`Model::pages`]                                            |
 //!
 //! Handles: the model never invents a slow (maptrack index) handle; the harness records the
 //! value the hypervisor returned ([`Model::record_slow_handle`]). Fast handles (designs with
@@ -29,14 +30,31 @@
 //! quota unit there). Maptrack exhaustion itself is not modelled (domains get a large
 //! `max_maptrack_frames`, and the default quota is as large).
 //!
-//! Deliberately not modelled (the generators never reach them): paged-out frames
-//! (`GNTST_eagain`), frames with a non-writable type, machine out-of-memory, grant copy,
-//! transfer, v2, domain teardown, hook-injected failures, PTEs rewritten behind the
-//! hypervisor's back.
+//! Grant copy ([`Model::copy`], spec 8.1) is modelled per batch: the domains and buffers a
+//! batch caches across consecutive elements, `acquire_grant_for_copy` for v1 entries
+//! (including the XSA-500 re-check of an upgraded entry's frame), the release order, and the
+//! bytes. P2M changes (paged-out frames: `GNTST_eagain`; gfns pointing at another domain's
+//! frame: `GNTST_bad_page`) and frames holding a non-writable type (refused writable type
+//! references) are modelled for map and copy alike.
+//!
+//! Domain teardown ([`Model::kill`], spec 11) is modelled as one uninterrupted run: the
+//! dying domain's mappings are released, its memory relinquished, and it stays a zombie
+//! (still found by lookups; maps of it refused, copies of its pinned entries `bad_domain`)
+//! until the last foreign reference to one of its frames goes.
+//!
+//! A copy batch can be run element by element ([`Model::copy_element`]); between elements
+//! the model's state includes the cached buffers, so the harness compares it with the
+//! hypervisor parked at the `CopyPreempt` hook, and models a preemption there
+//! ([`Model::copy_preempt`]).
+//!
+//! Deliberately not modelled (the generators never reach them): machine out-of-memory, v2
+//! (sub-page and transitive grants, so a copy window is always the whole page), transfer,
+//! hook-injected map failures, a teardown interleaved with other operations, PTEs rewritten
+//! behind the hypervisor's back.
 
 #![allow(dead_code)]
 
-use gnttab::abi::{gtf, DomId, GntMap, GntSt, Mfn};
+use gnttab::abi::{gntcopy, gtf, DomId, GntMap, GntSt, GnttabCopy, Mfn, PAGE_SIZE};
 use std::collections::BTreeMap;
 
 /// v1 entries per grant frame.
@@ -67,6 +85,21 @@ pub enum Kind {
 pub enum GuestErr {
     /// The ref is beyond the table.
     BadRef,
+    /// The gfn is not backed by a present frame.
+    BadGfn,
+    /// The access crosses the page.
+    OutOfPage,
+}
+
+/// A P2M entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum P2m {
+    /// Backed by this frame (not necessarily one the domain owns).
+    Present(Mfn),
+    /// Paged out (grant lookups say "try again").
+    PagedOut(Mfn),
+    /// No frame.
+    Absent,
 }
 
 /// A shared v1 entry as the guest sees it.
@@ -129,8 +162,10 @@ pub struct Domain {
     pub kind: Kind,
     /// Control domain.
     pub privileged: bool,
-    /// gfn -> frame (gfns beyond are absent).
+    /// The frames allocated at creation (index: the gfn they were populated at).
     pub frames: Vec<Mfn>,
+    /// gfn -> entry (gfns beyond are absent); starts as `Present(frames[gfn])`.
+    pub p2m: Vec<P2m>,
     /// Current grant frames.
     pub nr_frames: u32,
     /// `max_grant_frames`.
@@ -143,6 +178,8 @@ pub struct Domain {
     pub entries: BTreeMap<u32, Entry>,
     /// Host PTEs by slot.
     pub ptes: BTreeMap<u64, Pte>,
+    /// Killed (a zombie while it still owns frames; removed from the model once destroyed).
+    pub dying: bool,
 }
 
 impl Domain {
@@ -228,6 +265,10 @@ pub struct FrameCount {
     pub refs: u32,
     /// Writable type references.
     pub types: u32,
+    /// Owner.
+    pub owner: DomId,
+    /// The frame holds a non-writable type (writable type references are refused).
+    pub other: bool,
 }
 
 /// The prediction for one map element.
@@ -278,6 +319,12 @@ pub struct Model {
     pub mappings: BTreeMap<MapId, Mapping>,
     /// Frame accounting of every domain frame.
     pub frames: BTreeMap<Mfn, FrameCount>,
+    /// Contents of every domain frame (all zero at creation).
+    pub pages: BTreeMap<Mfn, Vec<u8>>,
+    /// How often each copy path was taken (generator coverage, see `tests/properties.rs`).
+    pub hits: BTreeMap<&'static str, u64>,
+    /// Domains destroyed for good (no longer found by any lookup).
+    pub gone: Vec<DomId>,
     next_map: MapId,
 }
 
@@ -322,8 +369,18 @@ impl Model {
         map_limit: Option<u32>,
     ) {
         for &m in &frames {
-            self.frames.insert(m, FrameCount { refs: 1, types: 0 });
+            self.frames.insert(
+                m,
+                FrameCount {
+                    refs: 1,
+                    types: 0,
+                    owner: id,
+                    other: false,
+                },
+            );
+            self.pages.insert(m, vec![0; PAGE_SIZE]);
         }
+        let p2m = frames.iter().map(|&m| P2m::Present(m)).collect();
         self.domains.insert(
             id,
             Domain {
@@ -331,12 +388,14 @@ impl Model {
                 kind,
                 privileged,
                 frames,
+                p2m,
                 nr_frames: 1,
                 max_frames,
                 host_slots,
                 map_limit,
                 entries: BTreeMap::new(),
                 ptes: BTreeMap::new(),
+                dying: false,
             },
         );
     }
@@ -448,6 +507,119 @@ impl Model {
         Ok(())
     }
 
+    // ---------------------------------------------------------------- memory
+
+    /// The P2M entry of `dom`'s `gfn` (absent beyond the P2M).
+    pub fn p2m(&self, dom: DomId, gfn: u64) -> P2m {
+        usize::try_from(gfn)
+            .ok()
+            .and_then(|g| self.dom(dom).p2m.get(g).copied())
+            .unwrap_or(P2m::Absent)
+    }
+
+    /// Toolstack P2M update (page out, page in, point at another frame); returns the old
+    /// entry, `None` beyond the P2M. References are not touched (the harness keeps every
+    /// allocated frame reachable from its owner's P2M whenever it compares).
+    pub fn set_p2m(&mut self, dom: DomId, gfn: u64, e: P2m) -> Option<P2m> {
+        let slot = self.dom_mut(dom).p2m.get_mut(usize::try_from(gfn).ok()?)?;
+        Some(std::mem::replace(slot, e))
+    }
+
+    /// `get_paged_frame` (spec 8.1 step 3, 6.2 step 9): the frame behind `dom`'s `gfn`, with
+    /// a page reference; paged out -> `eagain`, absent or not owned by `dom` -> `bad_page`.
+    fn get_paged_frame(&mut self, dom: DomId, gfn: u64) -> Result<Mfn, GntSt> {
+        match self.p2m(dom, gfn) {
+            P2m::Present(m) if self.frames[&m].owner == dom => {
+                self.frames.get_mut(&m).expect("known frame").refs += 1;
+                Ok(m)
+            }
+            P2m::PagedOut(_) => Err(GntSt::Eagain),
+            P2m::Present(_) => {
+                self.hit("p2m: another domain's frame");
+                Err(GntSt::BadPage)
+            }
+            P2m::Absent => Err(GntSt::BadPage),
+        }
+    }
+
+    fn hit(&mut self, path: &'static str) {
+        *self.hits.entry(path).or_default() += 1;
+    }
+
+    /// Drops a page reference. The last one frees the frame; a dying owner that owns no
+    /// frame any more is destroyed for good.
+    fn put_page(&mut self, m: Mfn) {
+        let fc = self.frames.get_mut(&m).expect("known frame");
+        fc.refs = fc.refs.checked_sub(1).expect("page reference underflow");
+        if fc.refs != 0 {
+            return;
+        }
+        let owner = std::mem::replace(&mut fc.owner, DomId::INVALID);
+        let dying = self.domains.get(&owner).is_some_and(|d| d.dying);
+        if dying && !self.frames.values().any(|f| f.owner == owner) {
+            self.hit("teardown: domain destroyed");
+            self.domains.remove(&owner);
+            self.gone.push(owner);
+        }
+    }
+
+    /// `get_page_type(PGT_writable_page)`: refused while the frame holds another type.
+    fn get_writable_type(&mut self, m: Mfn) -> bool {
+        let fc = self.frames.get_mut(&m).expect("known frame");
+        if fc.other {
+            return false;
+        }
+        fc.types += 1;
+        true
+    }
+
+    fn put_writable_type(&mut self, m: Mfn) {
+        let fc = self.frames.get_mut(&m).expect("known frame");
+        fc.types = fc.types.checked_sub(1).expect("type reference underflow");
+    }
+
+    /// Gives frame `m` a non-writable type (`on`) or takes it away: only while no writable
+    /// type reference exists (and, to take it away, while it has one). Returns success.
+    pub fn set_other_type(&mut self, m: Mfn, on: bool) -> bool {
+        let fc = self.frames.get_mut(&m).expect("known frame");
+        if fc.types != 0 || fc.other == on {
+            return false;
+        }
+        fc.other = on;
+        true
+    }
+
+    /// The frame a guest access to its own `gfn` reaches (a present P2M entry).
+    fn guest_frame(&self, dom: DomId, gfn: u64) -> Result<Mfn, GuestErr> {
+        match self.p2m(dom, gfn) {
+            P2m::Present(m) => Ok(m),
+            _ => Err(GuestErr::BadGfn),
+        }
+    }
+
+    /// Guest store into its own memory.
+    pub fn write_page(
+        &mut self,
+        dom: DomId,
+        gfn: u64,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), GuestErr> {
+        if offset + data.len() > PAGE_SIZE {
+            return Err(GuestErr::OutOfPage);
+        }
+        let m = self.guest_frame(dom, gfn)?;
+        self.pages.get_mut(&m).expect("known frame")[offset..offset + data.len()]
+            .copy_from_slice(data);
+        Ok(())
+    }
+
+    /// What a guest reading its whole `gfn` sees.
+    pub fn read_page(&self, dom: DomId, gfn: u64) -> Result<&[u8], GuestErr> {
+        let m = self.guest_frame(dom, gfn)?;
+        Ok(&self.pages[&m])
+    }
+
     // ---------------------------------------------------------------- map (spec 6.2)
 
     /// One map element issued by `mapper` (elements of a batch are independent and run in
@@ -472,6 +644,10 @@ impl Model {
         let Some(rd) = self.domains.get(&op.dom) else {
             return MapResult::fail(GntSt::BadDomain);
         };
+        // A dying granter: refused outright (spec 6.2 note; the simulator's choice).
+        if rd.dying {
+            return MapResult::fail(GntSt::GeneralError);
+        }
         let rd_kind = rd.kind;
         // 5. Handle allocation: never exhausted in the model.
         // 6. Ref range.
@@ -505,17 +681,20 @@ impl Model {
             }
             e.shared.flags |= gtf::READING | if ro { 0 } else { gtf::WRITING };
         }
-        // 9. First use: translate the gfn (absent -> bad_page, status bits rolled back).
+        // 9. First use: translate the gfn (paged out -> eagain, absent or foreign ->
+        //    bad_page; status bits rolled back). The page reference taken here is the first
+        //    part's, counted with the others on success below.
         if !was_pinned {
-            match rd.frames.get(e.shared.frame as usize) {
-                Some(&m) => {
+            match self.get_paged_frame(op.dom, u64::from(e.shared.frame)) {
+                Ok(m) => {
+                    self.put_page(m);
                     e.act_domid = mapper;
                     e.act_mfn = m;
                 }
-                None => {
+                Err(st) => {
                     e.shared.flags &= !(gtf::READING | if ro { 0 } else { gtf::WRITING });
                     self.dom_mut(op.dom).entries.insert(op.gref, e);
-                    return MapResult::fail(GntSt::BadPage);
+                    return MapResult::fail(st);
                 }
             }
         }
@@ -538,9 +717,12 @@ impl Model {
             .dom(mapper)
             .map_limit
             .is_some_and(|n| live >= n as usize);
-        // 11. Host mapping (references are only counted on success below).
+        // 11. Writable type references (device part; host part of a PV granter or a self
+        //     map), then the host mapping (references are only counted on success below).
+        let types = u32::from(dev && !ro)
+            + u32::from(host && !ro && (mapper == op.dom || rd_kind == Kind::Pv));
         let mut pte_slot = None;
-        let mut failed = over_quota;
+        let mut failed = over_quota || (types != 0 && self.frames[&mfn].other);
         if host && !failed {
             let ld = self.dom(mapper);
             let hvm_ok =
@@ -579,10 +761,9 @@ impl Model {
                 },
             );
         }
-        let fc = self.frames.entry(mfn).or_default();
+        let fc = self.frames.get_mut(&mfn).expect("granted frame");
         fc.refs += u32::from(host) + u32::from(dev);
-        fc.types += u32::from(dev && !ro)
-            + u32::from(host && !ro && (mapper == op.dom || rd_kind == Kind::Pv));
+        fc.types += types;
         let bus = mfn.0 << 12;
         self.mappings.insert(
             id,
@@ -707,14 +888,19 @@ impl Model {
         } else {
             self.mappings.get_mut(&id).expect("live").flags = rest;
         }
-        // Phase 2: references, pins, status bits.
+        self.release_parts(&m, done, freed);
+        GntSt::Okay
+    }
+
+    /// Unmap phase 2 (and teardown, spec 11.2) for the parts `done` of mapping `m`: pins and
+    /// status bits (spec 3.2), then type and page references; `freed`: the mapping is gone
+    /// (its inline slot too).
+    fn release_parts(&mut self, m: &Mapping, done: u32, freed: bool) {
+        let ro = m.readonly();
         let host = done & GntMap::HOST_MAP.bits() != 0;
         let dev = done & GntMap::DEVICE_MAP.bits() != 0;
         let self_map = m.mapper == m.granter;
         let rd_pv = self.dom(m.granter).kind == Kind::Pv;
-        let fc = self.frames.get_mut(&m.mfn).expect("granted frame");
-        fc.refs -= u32::from(host) + u32::from(dev);
-        fc.types -= u32::from(dev && !ro) + u32::from(host && !ro && (self_map || rd_pv));
         let dec = incr_for(done | if ro { GntMap::READONLY.bits() } else { 0 });
         let e = self.dom_mut(m.granter).entry_mut(m.gref);
         add_pins(&mut e.pins, dec, -1);
@@ -724,7 +910,312 @@ impl Model {
             }
         }
         clear_status(e, ro);
-        GntSt::Okay
+        let types = u32::from(dev && !ro) + u32::from(host && !ro && (self_map || rd_pv));
+        for _ in 0..types {
+            self.put_writable_type(m.mfn);
+        }
+        for _ in 0..u32::from(host) + u32::from(dev) {
+            self.put_page(m.mfn);
+        }
+    }
+
+    // ---------------------------------------------------------------- teardown (spec 11)
+
+    /// `domain_kill` of `id` run to completion: as mapper, every mapping is released (spec
+    /// 11.2) and its host page tables go; its memory is relinquished (P2M emptied, allocation
+    /// references dropped). Returns (mappings released, destroyed for good now). A granted
+    /// frame still referenced by a foreign mapping keeps the domain a zombie (spec 11.3).
+    pub fn kill(&mut self, id: DomId) -> (u64, bool) {
+        self.dom_mut(id).dying = true;
+        let mine: Vec<MapId> = self
+            .mappings
+            .iter()
+            .filter(|(_, m)| m.mapper == id)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in &mine {
+            let m = self.mappings.remove(k).expect("live mapping");
+            let parts = m.flags & (GntMap::HOST_MAP | GntMap::DEVICE_MAP).bits();
+            self.release_parts(&m, parts, true);
+        }
+        let d = self.dom_mut(id);
+        d.ptes.clear();
+        let populated: Vec<Mfn> = d
+            .p2m
+            .iter_mut()
+            .filter_map(|e| match std::mem::replace(e, P2m::Absent) {
+                P2m::Present(m) | P2m::PagedOut(m) => Some(m),
+                P2m::Absent => None,
+            })
+            .collect();
+        for m in populated {
+            self.put_page(m);
+        }
+        if self.domains.contains_key(&id) {
+            self.hit("teardown: zombie");
+        }
+        (mine.len() as u64, !self.domains.contains_key(&id))
+    }
+
+    // ---------------------------------------------------------------- copy (spec 8.1)
+
+    /// One `GNTTABOP_copy` hypercall by `caller`, run to completion: the status of every
+    /// element, in order.
+    pub fn copy(&mut self, caller: DomId, ops: &[GnttabCopy]) -> Vec<GntSt> {
+        let mut run = CopyRun::default();
+        let out = ops
+            .iter()
+            .map(|op| self.copy_element(caller, &mut run, op))
+            .collect();
+        self.copy_end(run);
+        out
+    }
+
+    /// The next element of a copy hypercall. Between elements the model's state includes
+    /// what the batch caches: the pins, status bits and references of the held buffers.
+    pub fn copy_element(&mut self, caller: DomId, run: &mut CopyRun, op: &GnttabCopy) -> GntSt {
+        let st = &mut run.0;
+        match self.copy_one(caller, st, op) {
+            Ok(()) => {
+                self.hit(if op.len == 0 { "okay len 0" } else { "okay" });
+                GntSt::Okay
+            }
+            Err(s) => {
+                self.hit(status_name(s));
+                // A failed element releases both buffers (the domains stay cached).
+                self.release_buf(st.src.take());
+                self.release_buf(st.dst.take());
+                s
+            }
+        }
+    }
+
+    /// A preemption between elements (the continuation re-issues the rest): every buffer is
+    /// released and the domains are forgotten, as at the end of a hypercall.
+    pub fn copy_preempt(&mut self, run: &mut CopyRun) {
+        self.hit("preempted between elements");
+        self.copy_release_all(&mut run.0);
+    }
+
+    /// The end of a copy hypercall: everything cached is released.
+    pub fn copy_end(&mut self, mut run: CopyRun) {
+        self.copy_release_all(&mut run.0);
+    }
+
+    fn copy_release_all(&mut self, st: &mut CopyState) {
+        self.release_buf(st.src.take());
+        self.release_buf(st.dst.take());
+        st.doms = None;
+    }
+
+    fn copy_one(
+        &mut self,
+        caller: DomId,
+        st: &mut CopyState,
+        op: &GnttabCopy,
+    ) -> Result<(), GntSt> {
+        // 1. Zero length: okay, nothing validated, nothing released.
+        if op.len == 0 {
+            return Ok(());
+        }
+        let src_gref = op.flags & gntcopy::SOURCE_GREF != 0;
+        let dst_gref = op.flags & gntcopy::DEST_GREF != 0;
+        // 2. Other raw domids than the cached ones: release both buffers, forget the domains,
+        //    look up source then dest.
+        let raw = (op.source.domid, op.dest.domid);
+        let (sd, dd) = match st.doms {
+            Some((r, ds)) if r == raw => {
+                let frame_foreign = |g: bool, d: DomId| !g && d != DomId::SELF;
+                if frame_foreign(src_gref, op.source.domid)
+                    || frame_foreign(dst_gref, op.dest.domid)
+                {
+                    self.hit("cached domid on a frame side");
+                }
+                ds
+            }
+            _ => {
+                self.release_buf(st.src.take());
+                self.release_buf(st.dst.take());
+                st.doms = None;
+                let sd = self.copy_lookup(caller, op.source.domid, src_gref)?;
+                let dd = self.copy_lookup(caller, op.dest.domid, dst_gref)?;
+                st.doms = Some((raw, (sd, dd)));
+                (sd, dd)
+            }
+        };
+        // 3. The source buffer, unless the cached one is for the same kind and ref / gmfn.
+        let sk = BufKey::of(src_gref, op.source.u);
+        let dk = BufKey::of(dst_gref, op.dest.u);
+        if st.src.map(|b| b.key) == Some(sk) || st.dst.map(|b| b.key) == Some(dk) {
+            self.hit("cached buffer reused");
+        }
+        if st.src.map(|b| b.key) != Some(sk) {
+            self.release_buf(st.src.take());
+            st.src = Some(self.claim_buf(caller, sd, sk, true)?);
+        }
+        // 4. The destination buffer likewise.
+        if st.dst.map(|b| b.key) != Some(dk) {
+            self.release_buf(st.dst.take());
+            st.dst = Some(self.claim_buf(caller, dd, dk, false)?);
+        }
+        // 5. Ranges: inside the page (v1 windows are the whole page, so the window check
+        //    never fires).
+        let (so, dof, len) = (
+            usize::from(op.source.offset),
+            usize::from(op.dest.offset),
+            usize::from(op.len),
+        );
+        if so + len > PAGE_SIZE || dof + len > PAGE_SIZE {
+            return Err(GntSt::BadCopyArg);
+        }
+        // 6. The bytes (read first: source and destination may be the same frame).
+        let (sm, dm) = (st.src.expect("claimed").mfn, st.dst.expect("claimed").mfn);
+        let bytes = self.pages[&sm][so..so + len].to_vec();
+        self.pages.get_mut(&dm).expect("known frame")[dof..dof + len].copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// `gnttab_copy_lock_domain`: a side addressed by frame must say `DOMID_SELF`; lookup by
+    /// any id (`DOMID_SELF` is the caller).
+    fn copy_lookup(&self, caller: DomId, domid: DomId, is_gref: bool) -> Result<DomId, GntSt> {
+        if !is_gref && domid != DomId::SELF {
+            return Err(GntSt::PermissionDenied);
+        }
+        let id = if domid == DomId::SELF { caller } else { domid };
+        if self.domains.contains_key(&id) {
+            Ok(id)
+        } else {
+            Err(GntSt::BadDomain)
+        }
+    }
+
+    /// `gnttab_copy_claim_buf`: a grant of `dom` (acquired for copy), or the caller's own
+    /// frame (a page reference); a destination also takes a writable type reference.
+    fn claim_buf(
+        &mut self,
+        caller: DomId,
+        dom: DomId,
+        key: BufKey,
+        readonly: bool,
+    ) -> Result<CopyBuf, GntSt> {
+        let mut b = match key {
+            BufKey::Gref(r) => CopyBuf {
+                key,
+                grant: Some((dom, r)),
+                mfn: self.acquire_for_copy(dom, r, caller, readonly)?,
+                readonly,
+                typed: false,
+            },
+            BufKey::Frame(gfn) => CopyBuf {
+                key,
+                grant: None,
+                // Spec 8.1 step 3: "translate the caller's own GFN".
+                mfn: self.get_paged_frame(caller, gfn)?,
+                readonly,
+                typed: false,
+            },
+        };
+        if !readonly {
+            if !self.get_writable_type(b.mfn) {
+                self.hit("general_error: non-writable type");
+                self.release_buf(Some(b));
+                return Err(GntSt::GeneralError);
+            }
+            b.typed = true;
+        }
+        Ok(b)
+    }
+
+    /// `acquire_grant_for_copy` for a v1 entry: a host read (source) or write (destination)
+    /// pin and a page reference on the frame.
+    fn acquire_for_copy(
+        &mut self,
+        rd: DomId,
+        gref: u32,
+        caller: DomId,
+        readonly: bool,
+    ) -> Result<Mfn, GntSt> {
+        if gref >= self.dom(rd).nr_entries() {
+            return Err(GntSt::BadGntref);
+        }
+        let k = if readonly { HSTR } else { HSTW };
+        let mut e = self.dom(rd).entry(gref);
+        let was_pinned = e.pinned();
+        // Pinned by another domain, or the counter to raise is at 128.
+        if was_pinned && (e.act_domid != caller || e.pins[k] >= 128) {
+            self.hit(if e.act_domid != caller {
+                "general_error: pinned by another domain"
+            } else {
+                "general_error: pin overflow"
+            });
+            return Err(GntSt::GeneralError);
+        }
+        let mfn = if !was_pinned || (!readonly && !e.writable_pinned()) {
+            // _set_status (spec 3.1; copy accepts sub-page entries).
+            let f = e.shared.flags;
+            if !was_pinned && (f & gtf::TYPE_MASK != gtf::PERMIT_ACCESS || e.shared.domid != caller)
+            {
+                self.hit("general_error: not granted to the caller");
+                return Err(GntSt::GeneralError);
+            }
+            if !readonly && f & gtf::READONLY != 0 {
+                self.hit("general_error: read-only grant as destination");
+                return Err(GntSt::GeneralError);
+            }
+            e.shared.flags |= gtf::READING | if readonly { 0 } else { gtf::WRITING };
+            // The frame named by the entry now.
+            let m = match self.get_paged_frame(rd, u64::from(e.shared.frame)) {
+                Ok(m) => m,
+                Err(st) => {
+                    clear_status(&mut e, readonly);
+                    self.dom_mut(rd).entries.insert(gref, e);
+                    return Err(st);
+                }
+            };
+            if !was_pinned {
+                e.act_domid = caller;
+                e.act_mfn = m;
+            } else if m == e.act_mfn {
+                self.hit("upgrade of a read-only pin");
+            } else {
+                // XSA-500: the upgrade found another frame than the one the pins use.
+                self.hit("general_error: XSA-500 frame changed on upgrade");
+                self.put_page(m);
+                clear_status(&mut e, readonly);
+                self.dom_mut(rd).entries.insert(gref, e);
+                return Err(GntSt::GeneralError);
+            }
+            m
+        } else {
+            // Already pinned and compatible: a reference on the pinned frame, which must
+            // still belong to the granter, and the granter must not be dying.
+            self.hit("pinned compatible");
+            let m = e.act_mfn;
+            if self.dom(rd).dying || self.frames[&m].owner != rd {
+                self.hit("bad_domain: dying granter");
+                return Err(GntSt::BadDomain);
+            }
+            self.frames.get_mut(&m).expect("known frame").refs += 1;
+            m
+        };
+        e.pins[k] += 1;
+        self.dom_mut(rd).entries.insert(gref, e);
+        Ok(mfn)
+    }
+
+    /// `gnttab_copy_release_buf`: the pin with its status bits (spec 3.2), then the type and
+    /// page references.
+    fn release_buf(&mut self, b: Option<CopyBuf>) {
+        let Some(b) = b else { return };
+        if let Some((rd, gref)) = b.grant {
+            let e = self.dom_mut(rd).entry_mut(gref);
+            e.pins[if b.readonly { HSTR } else { HSTW }] -= 1;
+            clear_status(e, b.readonly);
+        }
+        if b.typed {
+            self.put_writable_type(b.mfn);
+        }
+        self.put_page(b.mfn);
     }
 
     // ---------------------------------------------------------------- table ops (spec 8)
@@ -777,10 +1268,67 @@ impl Model {
     }
 }
 
+/// What a cached copy buffer is for: the kind and the ref (low 32 bits) or gmfn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BufKey {
+    Gref(u32),
+    Frame(u64),
+}
+
+impl BufKey {
+    fn of(is_gref: bool, u: u64) -> Self {
+        if is_gref {
+            BufKey::Gref(u as u32)
+        } else {
+            BufKey::Frame(u)
+        }
+    }
+}
+
+/// An acquired copy buffer.
+#[derive(Clone, Copy, Debug)]
+struct CopyBuf {
+    key: BufKey,
+    /// The pinned grant (granter, ref) of a grant buffer.
+    grant: Option<(DomId, u32)>,
+    mfn: Mfn,
+    /// Source (read pin) or destination (write pin and writable type reference).
+    readonly: bool,
+    typed: bool,
+}
+
+/// A copy hypercall in progress (see [`Model::copy_element`]).
+#[derive(Debug, Default)]
+pub struct CopyRun(CopyState);
+
+/// What one copy hypercall caches between elements.
+#[derive(Clone, Copy, Debug, Default)]
+struct CopyState {
+    /// The raw (source, dest) domids of the last lookup and the domains they named.
+    doms: Option<((DomId, DomId), (DomId, DomId))>,
+    src: Option<CopyBuf>,
+    dst: Option<CopyBuf>,
+}
+
 /// `pins += sign * delta`, counter by counter.
 fn add_pins(pins: &mut [u32; 4], delta: [u32; 4], sign: i32) {
     for (p, d) in pins.iter_mut().zip(delta) {
         *p = if sign > 0 { *p + d } else { *p - d };
+    }
+}
+
+/// A short name of a status (for the coverage tally).
+fn status_name(s: GntSt) -> &'static str {
+    match s {
+        GntSt::Okay => "okay",
+        GntSt::GeneralError => "general_error",
+        GntSt::BadDomain => "bad_domain",
+        GntSt::BadGntref => "bad_gntref",
+        GntSt::PermissionDenied => "permission_denied",
+        GntSt::BadPage => "bad_page",
+        GntSt::BadCopyArg => "bad_copy_arg",
+        GntSt::Eagain => "eagain",
+        _ => "other status",
     }
 }
 
@@ -795,34 +1343,33 @@ fn clear_status(e: &mut Entry, readonly: bool) {
 }
 
 /// The slot an unmap of a fast handle means when the mapper holds several (the rule
-/// documented at `select_slot` in src/maptrack/fast.rs): the only live slot; else a host part
-/// recorded at exactly `host_addr`; a device part at exactly `dev_bus_addr`; any host part if
-/// `host_addr != 0`; any device part if `dev_bus_addr != 0`; else the first live slot.
+/// documented at `select_slot` in src/maptrack/fast.rs): the best by, in order, a host part
+/// recorded at exactly `host_addr`; a device part at exactly `dev_bus_addr`; exactly the parts
+/// the op names; every part it names; some part it names; ties go to the lower slot.
 fn select_slot(
     live: &[(usize, &Mapping, MapId)],
     host_addr: u64,
     dev_bus_addr: u64,
 ) -> Option<MapId> {
-    let first = live.first()?.2;
-    if live.len() == 1 {
-        return Some(first);
-    }
-    let find = |p: &dyn Fn(&Mapping) -> bool| live.iter().find(|(_, m, _)| p(m)).map(|x| x.2);
-    let host = |m: &Mapping| m.has(GntMap::HOST_MAP);
-    let dev = |m: &Mapping| m.has(GntMap::DEVICE_MAP);
-    type Rule<'a> = (bool, &'a dyn Fn(&Mapping) -> bool);
-    let rules: [Rule<'_>; 4] = [
-        (host_addr != 0, &|m| host(m) && m.host_addr == host_addr),
-        (dev_bus_addr != 0, &|m| dev(m) && m.bus == dev_bus_addr),
-        (host_addr != 0, &host),
-        (dev_bus_addr != 0, &dev),
-    ];
-    for (applies, p) in rules {
-        if applies {
-            if let Some(id) = find(p) {
-                return Some(id);
-            }
+    let score = |m: &Mapping| {
+        let (h, d) = (m.has(GntMap::HOST_MAP), m.has(GntMap::DEVICE_MAP));
+        let (wh, wd) = (host_addr != 0, dev_bus_addr != 0);
+        let covers = (!wh || h) && (!wd || d);
+        [
+            wh && h && m.host_addr == host_addr,
+            wd && d && m.bus == dev_bus_addr,
+            covers && h == wh && d == wd,
+            covers,
+            (wh && h) || (wd && d),
+        ]
+    };
+    // `live` is in slot order; keep the first of equal scores.
+    let mut best: Option<([bool; 5], MapId)> = None;
+    for (_, m, id) in live {
+        let s = score(m);
+        if best.as_ref().is_none_or(|(b, _)| s > *b) {
+            best = Some((s, *id));
         }
     }
-    Some(first)
+    best.map(|(_, id)| id)
 }
