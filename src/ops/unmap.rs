@@ -46,7 +46,9 @@ pub(crate) fn unmap_grant_ref<D: Design>(cx: &VcpuCtx<'_, D>, ops: &mut [UnmapGr
         }
         env.hv
             .hook(HookPoint::UnmapAfterFlush, env.ld.id(), env.vcpu);
-        for d in done {
+        // `drain` iterates in place: `into_iter` would first move the whole 32-slot
+        // ArrayVec (a ~1.3 KiB memcpy, 10 % of a hot pair's instructions).
+        for d in done.drain(..) {
             phase2(&env, d);
         }
     }
