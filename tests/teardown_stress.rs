@@ -287,6 +287,11 @@ fn stress<D: Design>(rounds: u64, strict: bool) {
         }
     });
     assert!(mapped.load(Ordering::Relaxed) > 0, "no map ever succeeded");
+    eprintln!(
+        "{}: {rounds} rounds, {} maps (strict IOMMU {strict})",
+        D::NAME,
+        mapped.load(Ordering::Relaxed)
+    );
     hv.check().assert_ok();
     // Destroy every guest; nothing maps them any more, so each is destroyed for good.
     for g in guests.0.into_inner().unwrap() {
