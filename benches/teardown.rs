@@ -175,14 +175,7 @@ impl<D: Design> Bench<D> {
     }
 
     fn setup_table(&self, dom: DomId, frames: u32) {
-        let mut cx = self.hv.vcpu(dom, 0).expect("vcpu");
-        let mut st = [SetupTable {
-            dom: DomId::SELF,
-            nr_frames: frames,
-            ..Default::default()
-        }];
-        cx.setup_table(&mut st).expect("setup_table");
-        assert_eq!(st[0].status, GntSt::Okay, "setup_table to {frames} frames");
+        common::setup_table(&self.hv, dom, frames);
     }
 
     /// A new backend holding `self.mappings` live host mappings of `front`'s refs.

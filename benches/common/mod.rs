@@ -66,16 +66,7 @@ impl<D: Design> Rig<D> {
             )
             .expect("granter");
         let mapper = hv.create_domain(mapper_cfg).expect("mapper");
-        {
-            let mut cx = hv.vcpu(granter, 0).expect("granter vcpu");
-            let mut st = [SetupTable {
-                dom: DomId::SELF,
-                nr_frames: frames,
-                ..Default::default()
-            }];
-            cx.setup_table(&mut st).expect("setup_table");
-            assert_eq!(st[0].status, GntSt::Okay, "setup_table to {frames} frames");
-        }
+        setup_table(&hv, granter, frames);
         let g = hv.guest(granter).expect("granter guest");
         for r in 0..grefs {
             g.grant_access(GrantRef(r), mapper, Gfn(r as u64), false)
@@ -336,4 +327,16 @@ impl CopyBatch {
             assert_eq!(op.status, GntSt::Okay, "copy element");
         }
     }
+}
+
+/// `dom` grows its own grant table to `frames` frames (must succeed).
+pub fn setup_table<D: Design>(hv: &Hypervisor<D>, dom: DomId, frames: u32) {
+    let mut cx = hv.vcpu(dom, 0).expect("vcpu");
+    let mut st = [SetupTable {
+        dom: DomId::SELF,
+        nr_frames: frames,
+        ..Default::default()
+    }];
+    cx.setup_table(&mut st).expect("setup_table");
+    assert_eq!(st[0].status, GntSt::Okay, "setup_table to {frames} frames");
 }
