@@ -139,17 +139,23 @@ pub(crate) fn select_slot(
     host_addr: u64,
     dev_bus_addr: u64,
 ) -> Option<(usize, GntMap)> {
-    let mut best: Option<(SlotRank, (usize, GntMap))> = None;
-    for (i, s) in slots.iter().enumerate().take(2) {
-        let SlotState::Live(f) = s.state() else {
-            continue;
-        };
-        let rank = slot_rank(f, s.host_addr(), s.bus(), host_addr, dev_bus_addr);
-        if best.is_none_or(|(b, _)| rank > b) {
-            best = Some((rank, (i, f)));
+    let live = |i: usize| match slots.get(i).map(FastSlot::state) {
+        Some(SlotState::Live(f)) => Some((i, f)),
+        _ => None,
+    };
+    match (live(0), live(1)) {
+        (None, None) => None,
+        // The common case: one live slot, nothing to rank.
+        (Some(x), None) | (None, Some(x)) => Some(x),
+        (Some(a), Some(b)) => {
+            let rank = |(i, f): (usize, GntMap)| {
+                let s = &slots[i];
+                slot_rank(f, s.host_addr(), s.bus(), host_addr, dev_bus_addr)
+            };
+            // A tie keeps slot 0.
+            Some(if rank(b) > rank(a) { b } else { a })
         }
     }
-    best.map(|(_, x)| x)
 }
 
 /// The tests of [`select_slot`] in order (compared lexicographically).
