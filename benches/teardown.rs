@@ -24,8 +24,9 @@
 //!    pause included); `TeardownStats::longest_step` and `visited` recorded.
 //! 3. **during**: a new backend, and two threads: one steps the teardown to completion, the
 //!    other issues `query_size` on `front` in a loop until it is done; p99 of those latencies.
-//! 4. **control**: the same query loop for as many queries as step 3 made, while the other
-//!    thread spins on plain arithmetic (no hypervisor work): what sharing the machine alone
+//! 4. **controls**: the same query loop for as many queries as step 3 made, while the other
+//!    thread spins on plain arithmetic (`p99 ctrl`), then while it streams writes over a 16 MiB
+//!    buffer (`p99 mem`); neither does hypervisor work: what sharing the machine alone
 //!    does to the p99.
 //!
 //! Every figure printed is the **median of the repetitions** (teardown time, longest step,
@@ -104,6 +105,7 @@ struct Sample {
     p99_idle: Duration,
     p99_during: Duration,
     p99_control: Duration,
+    p99_control_mem: Duration,
     queries_during: usize,
 }
 
@@ -216,6 +218,18 @@ impl<D: Design> Bench<D> {
         back
     }
 
+    /// `n` timed queries while another thread runs `other` until they are done.
+    fn query_loop_beside(&self, n: usize, other: impl Fn(&AtomicBool) + Sync) -> Vec<u32> {
+        let done = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let t = sc.spawn(|| other(&done));
+            let lat = self.query_loop(n, None);
+            done.store(true, Ordering::Release);
+            t.join().expect("control thread");
+            lat
+        })
+    }
+
     /// `n` timed `query_size` calls by dom0 on `front`; with `stop = (running, done)`: sets
     /// `running` after the first call and goes on until `done` is set.
     fn query_loop(&self, n: usize, stop: Option<(&AtomicBool, &AtomicBool)>) -> Vec<u32> {
@@ -318,25 +332,33 @@ impl<D: Design> Case for Bench<D> {
         let queries_during = lat.len();
         let p99_during = p99(lat);
 
-        // 4. control: as many queries while the other thread only spins.
-        let done = AtomicBool::new(false);
-        let lat = std::thread::scope(|sc| {
-            let spin = sc.spawn(|| {
-                let mut x = 1u64;
-                while !done.load(Ordering::Acquire) {
-                    for _ in 0..64 {
-                        x = std::hint::black_box(
-                            x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1),
-                        );
-                    }
+        // 4. controls: as many queries while the other thread only spins on registers, then
+        //    while it streams writes over a buffer larger than the L2 (memory traffic like a
+        //    teardown's, no hypervisor work): separates "the other core is busy" from "the
+        //    other core is busy with memory" from "the queries wait for the teardown".
+        let n = queries_during.max(1);
+        let p99_control = p99(this.query_loop_beside(n, |done| {
+            let mut x = 1u64;
+            while !done.load(Ordering::Acquire) {
+                for _ in 0..64 {
+                    x = std::hint::black_box(
+                        x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1),
+                    );
                 }
-                x
-            });
-            let lat = this.query_loop(queries_during.max(1), None);
-            done.store(true, Ordering::Release);
-            spin.join().expect("spinner");
-            lat
-        });
+            }
+        }));
+        let p99_control_mem = p99(this.query_loop_beside(n, |done| {
+            // 16 MiB, one write per cache line.
+            let mut buf = vec![0u64; 2 << 20];
+            let mut i = 0usize;
+            while !done.load(Ordering::Acquire) {
+                for _ in 0..64 {
+                    buf[i] = buf[i].wrapping_add(1);
+                    i = (i + 8) % buf.len();
+                }
+            }
+            std::hint::black_box(&buf);
+        }));
         Sample {
             teardown,
             longest_step: alone.longest_step,
@@ -345,7 +367,8 @@ impl<D: Design> Case for Bench<D> {
             released: alone.mappings_released,
             p99_idle,
             p99_during,
-            p99_control: p99(lat),
+            p99_control,
+            p99_control_mem,
             queries_during,
         }
     }
@@ -403,7 +426,7 @@ fn main() {
         p.mappings, TRIPLE_REFS, p.reps, p.queries, p.levels
     );
     println!(
-        "{:<9} {:>10} {:>12} {:>8} {:>13} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "{:<9} {:>10} {:>12} {:>8} {:>13} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "design",
         "other ents",
         "teardown us",
@@ -413,6 +436,7 @@ fn main() {
         "visited",
         "p99 idle",
         "p99 ctrl",
+        "p99 mem",
         "p99 td ns",
         "td/idle",
         "queries"
@@ -438,6 +462,7 @@ fn main() {
             let longest = median_by(s, |x| x.longest_step).longest_step;
             let idle = median_by(s, |x| x.p99_idle).p99_idle;
             let ctrl = median_by(s, |x| x.p99_control).p99_control;
+            let ctrl_mem = median_by(s, |x| x.p99_control_mem).p99_control_mem;
             let during = median_by(s, |x| x.p99_during).p99_during;
             let q = median_by(s, |x| x.queries_during).queries_during;
             let base = *first[i].get_or_insert(td);
@@ -445,7 +470,7 @@ fn main() {
             let ratio = during.as_secs_f64() / idle.as_secs_f64().max(1e-9);
             worst_p99_ratio[i] = worst_p99_ratio[i].max(ratio);
             println!(
-                "{:<9} {:>10} {:>12.0} {:>8.2} {:>13.1} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9.2} {:>8}",
+                "{:<9} {:>10} {:>12.0} {:>8.2} {:>13.1} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9.2} {:>8}",
                 c.name(),
                 entries,
                 us(td),
@@ -455,6 +480,7 @@ fn main() {
                 s[0].visited,
                 idle.as_nanos(),
                 ctrl.as_nanos(),
+                ctrl_mem.as_nanos(),
                 during.as_nanos(),
                 ratio,
                 q
