@@ -11,6 +11,10 @@
 //! claiming a slot in that very entry. The scan may read the slot before or after the claim
 //! (both reached); dropping is safe because the claimer appends its own hint. The outcome is
 //! checked end to end: the mapper is killed and torn down, and every slot must be released.
+//!
+//! An unmap that leaves no slot of its entry held by the domain also pops its own vCPU's newest
+//! hint if it names that entry (under the entry lock, so no claim is in flight there);
+//! `pop_vs_claim` races that pop against another vCPU claiming a slot in the same entry.
 
 use crate::common::*;
 use crate::harness::{model, thread, Outcomes};
@@ -18,7 +22,8 @@ use gnttab::prelude::*;
 
 const RO_HOST: GntMap = GntMap::HOST_MAP.union(GntMap::READONLY);
 
-/// vCPU 1 mapped and unmapped ref 0, leaving a stale hint `(front, 0)` in its log. Then vCPU 0
+/// vCPU 1 mapped ref 0 and vCPU 0 unmapped it, leaving a stale hint `(front, 0)` in vCPU 1's
+/// log (an unmap pops only its own vCPU's log). Then vCPU 0
 /// maps ref 0 (claiming a slot there) while vCPU 1 maps ref 1, whose append scans, and may
 /// drop, the stale hint. Teardown of the mapper afterwards must find and release both slots.
 #[test]
@@ -31,7 +36,7 @@ fn claim_vs_scan() {
         grant(&hv, front, 0, back, GFN, true);
         grant(&hv, front, 1, back, Gfn(0), true);
         let old = map_ok(&hv, back, 1, front, 0, RO_HOST, ADDR[0]);
-        unmap_ok(&hv, back, 1, old.handle, ADDR[0], 0);
+        unmap_ok(&hv, back, 0, old.handle, ADDR[0], 0);
 
         let claimer = {
             let hv = hv.clone();
@@ -76,4 +81,59 @@ fn claim_vs_scan() {
         assert_quiescent_and_end(&hv, front, 1);
     });
     outcomes.assert_seen(&["stale hint dropped", "stale hint kept"]);
+}
+
+/// vCPU 0 holds a slot of ref 0 (its hint is the newest of its log) and unmaps it while vCPU 1
+/// maps ref 0. If vCPU 1's claim came first, the entry still holds a slot of the domain and
+/// vCPU 0 keeps its (now stale) hint; otherwise it pops it. Either way vCPU 1's own hint covers
+/// its slot: teardown releases exactly that one mapping.
+#[test]
+fn pop_vs_claim() {
+    let outcomes = Outcomes::new();
+    let seen = outcomes.clone();
+    model(move || {
+        let hv = hypervisor::<Fast>();
+        let (front, back) = pair(&hv, 2, 1);
+        grant(&hv, front, 0, back, GFN, true);
+        let a = map_ok(&hv, back, 0, front, 0, RO_HOST, ADDR[0]);
+
+        let unmapper = {
+            let hv = hv.clone();
+            thread::spawn(move || {
+                let mut cx = hv.vcpu(back, 0).unwrap();
+                unmap(&mut cx, a.handle, ADDR[0], 0)
+            })
+        };
+        let claimer = {
+            let hv = hv.clone();
+            thread::spawn(move || {
+                let mut cx = hv.vcpu(back, 1).unwrap();
+                map(&mut cx, front, 0, RO_HOST, ADDR[1])
+            })
+        };
+        let u = unmapper.join().unwrap();
+        let c = claimer.join().unwrap();
+        assert_eq!(u, GntSt::Okay, "unmap failed");
+        assert_eq!(c.status, GntSt::Okay, "map failed: {c:?}");
+        assert!(is_fast(c.handle), "a free slot was left: {c:?}");
+        hv.check().assert_ok();
+        let maptrack = hv.snapshot().domains[&back].maptrack_limit;
+
+        let st = hv.kill_domain(back).expect("kill the mapper").run();
+        assert_eq!(
+            st.mappings_released, 1,
+            "teardown must release vCPU 1's slot (its hint was lost?): {st:?}"
+        );
+        seen.record(match st.visited - u64::from(maptrack) {
+            1 => "hint popped",
+            2 => "hint kept",
+            n => panic!("{n} hints visited: expected 1 or 2 ({st:?})"),
+        });
+        assert!(
+            st.destroyed && hv.domain(back).is_none(),
+            "mapper not destroyed"
+        );
+        assert_quiescent_and_end(&hv, front, 0);
+    });
+    outcomes.assert_seen(&["hint popped", "hint kept"]);
 }

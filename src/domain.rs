@@ -208,21 +208,38 @@ impl HintLog {
         true
     }
 
-    /// Examines up to `n` hints at the cursor with `held`, dropping the stale ones.
+    /// Drops the newest hint if it is `(g, r)`: called by an unmap on this vCPU that left no
+    /// slot of the entry held by the domain (checked under the entry lock), so pairs of map
+    /// and unmap keep the log near empty and the scan has nothing old to examine.
+    #[inline]
+    pub(crate) fn pop_if_last(&mut self, g: DomId, r: u32) {
+        if self.hints.last() == Some(&(g, r)) {
+            self.hints.pop();
+        }
+    }
+
+    /// Examines up to `n` hints at the cursor with `held`, dropping the stale ones. The newest
+    /// hint (just pushed, its slot just claimed) is never examined and stays the newest, so an
+    /// unmap of that mapping can still pop it.
     #[inline]
     pub(crate) fn scan(&mut self, n: usize, mut held: impl FnMut(DomId, u32) -> bool) {
         for _ in 0..n {
-            if self.hints.is_empty() {
+            let older = self.hints.len().saturating_sub(1);
+            if older == 0 {
                 return;
             }
-            if self.cursor >= self.hints.len() {
+            if self.cursor >= older {
                 self.cursor = 0;
             }
             let (g, r) = self.hints[self.cursor];
             if held(g, r) {
                 self.cursor += 1;
             } else {
+                // Move the newest into the hole, then back to the end behind the hint that
+                // was second newest.
                 self.hints.swap_remove(self.cursor);
+                let last = self.hints.len() - 1;
+                self.hints.swap(self.cursor, last);
             }
         }
     }
@@ -398,5 +415,41 @@ impl<D: Design> Domain<D> {
         }
         s.iotlb_flushes = self.iommu.as_ref().map_or(0, IommuCtx::flushes);
         s
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The scan drops exactly the stale hints among the older ones, never examines the newest,
+    /// and keeps it last (so the matching unmap can pop it).
+    #[test]
+    fn hint_scan_keeps_newest_last() {
+        let d = DomId(1);
+        let mut h = HintLog::default();
+        for r in 0..6 {
+            assert!(h.push(d, r));
+        }
+        assert!(!h.push(d, 5), "a repeated hint is not appended");
+        // Refs 1 and 3 are stale; asking about the newest (5) would be a bug.
+        for _ in 0..10 {
+            h.scan(HINT_SCAN, |_, r| {
+                assert_ne!(r, 5, "the newest hint was examined");
+                r != 1 && r != 3
+            });
+            assert_eq!(h.hints.last(), Some(&(d, 5)));
+        }
+        let mut left: Vec<u32> = h.hints.iter().map(|&(_, r)| r).collect();
+        left.sort_unstable();
+        assert_eq!(left, [0, 2, 4, 5]);
+        h.pop_if_last(d, 4);
+        assert_eq!(h.hints.len(), 4, "pops only the newest");
+        h.pop_if_last(d, 5);
+        assert_eq!(h.hints.len(), 3);
+        // A log with only the newest hint has nothing older to examine.
+        let mut one = HintLog::default();
+        one.push(d, 9);
+        one.scan(HINT_SCAN, |_, _| panic!("examined the only hint"));
     }
 }

@@ -581,8 +581,54 @@ fn teardown_cost_independent_of_other_tables<D: Design>() {
     );
 }
 
+/// The hint log against unmaps that pop it: one vCPU maps a gref twice (both inline slots,
+/// one hint: a repeated gref appends nothing), unmaps one mapping (the entry still holds the
+/// other, so its hint must stay), then maps and unmaps other grefs (each unmap pops its own
+/// hint); a second vCPU maps the first gref again after the first vCPU's unmap of it. The
+/// teardown must still find and release every mapping left, and only those.
+fn hint_log_survives_unmap_pops<D: Design>() {
+    let r = Rig::<D>::build(|c| c.b = c.b.clone().vcpus(2));
+    r.warm_vcpu(r.b, 1);
+    for i in 0..8 {
+        r.grant(GrantRef(i), Gfn(1 + u64::from(i)), false);
+    }
+    let g0 = GrantRef(0);
+    let keep = {
+        let mut cx = r.cx();
+        let a = map1(&mut cx, r.a, g0, HOST, va(0));
+        let b = map1(&mut cx, r.a, g0, HOST, va(1));
+        assert_eq!((a.status, b.status), (GntSt::Okay, GntSt::Okay));
+        assert_eq!(unmap1(&mut cx, a.handle, va(0), 0), GntSt::Okay);
+        for i in 1..8 {
+            let m = map1(&mut cx, r.a, GrantRef(i), HOST, va(10 + u64::from(i)));
+            assert_eq!(m.status, GntSt::Okay);
+            assert_eq!(
+                unmap1(&mut cx, m.handle, va(10 + u64::from(i)), 0),
+                GntSt::Okay
+            );
+        }
+        b
+    };
+    {
+        let mut cx = r.vcpu(r.b, 1);
+        let c = map1(&mut cx, r.a, GrantRef(3), HOST, va(40));
+        assert_eq!(c.status, GntSt::Okay);
+    }
+    assert_eq!(r.pins(g0), [1, 0, 0, 0], "{keep:?}");
+    assert_eq!(r.pins(GrantRef(3)), [1, 0, 0, 0]);
+    r.check();
+    let st = run_checked(&r, r.hv.kill_domain(r.b).expect("kill"), || {});
+    assert_eq!(st.mappings_released, 2, "{st:?}");
+    for i in 0..8 {
+        assert_eq!(r.pins(GrantRef(i)), [0; 4], "g{i}");
+        assert_eq!(r.status_bits(GrantRef(i)), 0, "g{i}");
+    }
+    r.check();
+}
+
 design_tests!(
     mapper_teardown_releases_everything,
+    hint_log_survives_unmap_pops,
     mapper_teardown_is_preemptible,
     granter_becomes_zombie,
     kill_twice,

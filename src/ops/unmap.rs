@@ -169,6 +169,16 @@ fn phase1_fast<'g, D: Design>(
     let rec = Record::Fast(&slots[i]);
     let mfn = act.mfn;
     let out = remove_parts(env, op, &rec, flags, mfn)?;
+    if out.freed && !slots.iter().any(|s| s.looks_held_by(env.ld.id())) {
+        // No slot of this entry is held by the domain any more (slots are claimed under the
+        // entry lock we hold): this vCPU's newest hint, if it names the entry, is stale. A
+        // later claim by any vCPU appends its own hint.
+        // SAFETY: this thread runs `env.vcpu` (VcpuCtx is exclusive) inside a hypercall, the
+        // only context besides a paused domain's teardown that touches the vCPU's log.
+        env.ld.vcpus[env.vcpu as usize]
+            .hints
+            .with_mut(|h| unsafe { (*h).pop_if_last(granter, gref.0) });
+    }
     drop(act);
     drop(_rl);
     finish(env, rd, e, mfn, rec, out, pending)
