@@ -290,3 +290,36 @@ impl Hooks for FlushProbe {
         HookAction::Continue
     }
 }
+
+/// Spawns a racing role: vCPU `vcpu` of `dom` maps `(granter, gref)` once (the returned op).
+pub(crate) fn spawn_map<D: Design + 'static>(
+    hv: &Arc<Hypervisor<D>>,
+    dom: DomId,
+    vcpu: u16,
+    granter: DomId,
+    gref: u32,
+    flags: GntMap,
+    host_addr: u64,
+) -> crate::harness::thread::JoinHandle<MapGrantRef> {
+    let hv = hv.clone();
+    crate::harness::thread::spawn(move || {
+        let mut cx = hv.vcpu(dom, vcpu).unwrap();
+        map(&mut cx, granter, gref, flags, host_addr)
+    })
+}
+
+/// Spawns a racing role: vCPU `vcpu` of `dom` unmaps `handle` once (the element's status).
+pub(crate) fn spawn_unmap<D: Design + 'static>(
+    hv: &Arc<Hypervisor<D>>,
+    dom: DomId,
+    vcpu: u16,
+    handle: GrantHandle,
+    host_addr: u64,
+    dev_bus_addr: u64,
+) -> crate::harness::thread::JoinHandle<GntSt> {
+    let hv = hv.clone();
+    crate::harness::thread::spawn(move || {
+        let mut cx = hv.vcpu(dom, vcpu).unwrap();
+        unmap(&mut cx, handle, host_addr, dev_bus_addr)
+    })
+}

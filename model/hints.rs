@@ -17,7 +17,7 @@
 //! `pop_vs_claim` races that pop against another vCPU claiming a slot in the same entry.
 
 use crate::common::*;
-use crate::harness::{model, thread, Outcomes};
+use crate::harness::{model, Outcomes};
 use gnttab::prelude::*;
 
 const RO_HOST: GntMap = GntMap::HOST_MAP.union(GntMap::READONLY);
@@ -38,20 +38,8 @@ fn claim_vs_scan() {
         let old = map_ok(&hv, back, 1, front, 0, RO_HOST, ADDR[0]);
         unmap_ok(&hv, back, 0, old.handle, ADDR[0], 0);
 
-        let claimer = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 0).unwrap();
-                map(&mut cx, front, 0, RO_HOST, ADDR[1])
-            })
-        };
-        let scanner = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 1).unwrap();
-                map(&mut cx, front, 1, RO_HOST, ADDR[2])
-            })
-        };
+        let claimer = spawn_map(&hv, back, 0, front, 0, RO_HOST, ADDR[1]);
+        let scanner = spawn_map(&hv, back, 1, front, 1, RO_HOST, ADDR[2]);
         let c = claimer.join().unwrap();
         let s = scanner.join().unwrap();
 
@@ -97,20 +85,8 @@ fn pop_vs_claim() {
         grant(&hv, front, 0, back, GFN, true);
         let a = map_ok(&hv, back, 0, front, 0, RO_HOST, ADDR[0]);
 
-        let unmapper = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 0).unwrap();
-                unmap(&mut cx, a.handle, ADDR[0], 0)
-            })
-        };
-        let claimer = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 1).unwrap();
-                map(&mut cx, front, 0, RO_HOST, ADDR[1])
-            })
-        };
+        let unmapper = spawn_unmap(&hv, back, 0, a.handle, ADDR[0], 0);
+        let claimer = spawn_map(&hv, back, 1, front, 0, RO_HOST, ADDR[1]);
         let u = unmapper.join().unwrap();
         let c = claimer.join().unwrap();
         assert_eq!(u, GntSt::Okay, "unmap failed");

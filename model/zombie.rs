@@ -46,13 +46,7 @@ fn map_vs_kill_granter() {
         let (front, back) = pair(&hv, 1, 1);
         grant(&hv, front, 0, back, GFN, true);
 
-        let mapper = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 0).unwrap();
-                map(&mut cx, front, 0, RO_HOST, ADDR[0])
-            })
-        };
+        let mapper = spawn_map(&hv, back, 0, front, 0, RO_HOST, ADDR[0]);
         let killer = {
             let hv = hv.clone();
             thread::spawn(move || kill_and_teardown(&*hv, front))
@@ -116,13 +110,7 @@ fn unmap_vs_granter_finish() {
         grant(&hv, front, 0, back, GFN, true);
         let a = map_ok(&hv, back, 0, front, 0, RO_HOST, ADDR[0]);
 
-        let unmapper = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 0).unwrap();
-                unmap(&mut cx, a.handle, ADDR[0], 0)
-            })
-        };
+        let unmapper = spawn_unmap(&hv, back, 0, a.handle, ADDR[0], 0);
         let killer = {
             let hv = hv.clone();
             thread::spawn(move || kill_and_teardown(&*hv, front))
