@@ -37,14 +37,18 @@ pub(crate) fn pair<D: Design>(
     vcpus: u16,
     maptrack_frames: u32,
 ) -> (DomId, DomId) {
+    pair_with(
+        hv,
+        small("back", 0)
+            .vcpus(vcpus)
+            .max_maptrack_frames(maptrack_frames),
+    )
+}
+
+/// The granter ("front", 2 pages) and a mapper created from `back`.
+fn pair_with<D: Design>(hv: &Hypervisor<D>, back: DomainConfig) -> (DomId, DomId) {
     let front = hv.create_domain(small("front", 2)).expect("create front");
-    let back = hv
-        .create_domain(
-            small("back", 0)
-                .vcpus(vcpus)
-                .max_maptrack_frames(maptrack_frames),
-        )
-        .expect("create back");
+    let back = hv.create_domain(back).expect("create back");
     (front, back)
 }
 
@@ -175,17 +179,14 @@ pub(crate) fn strict_pair<D: Design>(
     vcpus: u16,
     bus_frames: u64,
 ) -> (DomId, DomId) {
-    let front = hv.create_domain(small("front", 2)).expect("create front");
-    let back = hv
-        .create_domain(
-            small("back", 0)
-                .vcpus(vcpus)
-                .max_maptrack_frames(1)
-                .iommu(IommuMode::Strict)
-                .bus_frames(bus_frames),
-        )
-        .expect("create back");
-    (front, back)
+    pair_with(
+        hv,
+        small("back", 0)
+            .vcpus(vcpus)
+            .max_maptrack_frames(1)
+            .iommu(IommuMode::Strict)
+            .bus_frames(bus_frames),
+    )
 }
 
 /// The granter grants its `gfn` to `grantee` through `gref`.

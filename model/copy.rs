@@ -41,24 +41,10 @@ fn copy_vs_unmap_vs_end_access<D: Design>() {
             let hv = hv.clone();
             thread::spawn(move || {
                 let mut cx = hv.vcpu(back, 0).unwrap();
-                let mut op = [GnttabCopy::new(
-                    CopyPtr::gref(front, GrantRef(0), 0),
-                    true,
-                    CopyPtr::gmfn(Gfn(0), 0),
-                    false,
-                    8,
-                )];
-                cx.copy(&mut op).expect("copy hypercall");
-                op[0].status
+                copy_from_grant(&mut cx, front)
             })
         };
-        let unmapper = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 1).unwrap();
-                unmap(&mut cx, a.handle, ADDR[0], 0)
-            })
-        };
+        let unmapper = spawn_unmap(&hv, back, 1, a.handle, ADDR[0], 0);
         let ender = {
             let hv = hv.clone();
             thread::spawn(move || {
@@ -118,15 +104,7 @@ fn copy_vs_map<D: Design>() {
             let arrival = arrival.clone();
             thread::spawn(move || {
                 let mut cx = hv.vcpu(back, 0).unwrap();
-                let mut op = [GnttabCopy::new(
-                    CopyPtr::gref(front, GrantRef(0), 0),
-                    true,
-                    CopyPtr::gmfn(Gfn(0), 0),
-                    false,
-                    8,
-                )];
-                cx.copy(&mut op).expect("copy hypercall");
-                (op[0].status, arrival.arrive())
+                (copy_from_grant(&mut cx, front), arrival.arrive())
             })
         };
         let mapper = {
@@ -209,4 +187,17 @@ mod xen {
     fn copy_vs_map() {
         super::copy_vs_map::<gnttab::Xen>();
     }
+}
+
+/// One copy of 8 bytes from `front`'s grant 0 into the caller's gfn 0; the element's status.
+fn copy_from_grant<D: Design>(cx: &mut VcpuCtx<'_, D>, front: DomId) -> GntSt {
+    let mut op = [GnttabCopy::new(
+        CopyPtr::gref(front, GrantRef(0), 0),
+        true,
+        CopyPtr::gmfn(Gfn(0), 0),
+        false,
+        8,
+    )];
+    cx.copy(&mut op).expect("copy hypercall");
+    op[0].status
 }

@@ -18,10 +18,7 @@ fn end_access_vs_map<D: Design>() {
     model(move || {
         let hv = hypervisor::<D>();
         let (front, back) = pair(&hv, 1, 1);
-        hv.guest(front)
-            .unwrap()
-            .grant_access(GrantRef(0), back, GFN, false)
-            .unwrap();
+        grant(&hv, front, 0, back, GFN, false);
         let mfn = granted_mfn(&hv, front);
 
         let granter = {

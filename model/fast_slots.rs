@@ -21,10 +21,7 @@ fn map_vs_map() {
     model(move || {
         let hv = hypervisor::<Fast>();
         let (front, back) = pair(&hv, 2, 1);
-        hv.guest(front)
-            .unwrap()
-            .grant_access(GrantRef(0), back, GFN, true)
-            .unwrap();
+        grant(&hv, front, 0, back, GFN, true);
         let mfn = granted_mfn(&hv, front);
         // Slot 0 is taken by an earlier mapping: one fast slot is left.
         let first = map_ok(&hv, back, 0, front, 0, RO_HOST, ADDR[0]);
@@ -94,10 +91,7 @@ fn map_vs_unmap() {
     model(move || {
         let hv = hypervisor::<Fast>();
         let (front, back) = pair(&hv, 2, 1);
-        hv.guest(front)
-            .unwrap()
-            .grant_access(GrantRef(0), back, GFN, true)
-            .unwrap();
+        grant(&hv, front, 0, back, GFN, true);
         let mfn = granted_mfn(&hv, front);
         let a = map_ok(&hv, back, 0, front, 0, RO_HOST, ADDR[0]);
         let b = map_ok(&hv, back, 0, front, 0, RO_HOST, ADDR[1]);
@@ -106,20 +100,8 @@ fn map_vs_unmap() {
             "two fast slots: {a:?} {b:?}"
         );
 
-        let unmapper = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 0).unwrap();
-                unmap(&mut cx, a.handle, ADDR[0], 0)
-            })
-        };
-        let mapper = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 1).unwrap();
-                map(&mut cx, front, 0, RO_HOST, ADDR[2])
-            })
-        };
+        let unmapper = spawn_unmap(&hv, back, 0, a.handle, ADDR[0], 0);
+        let mapper = spawn_map(&hv, back, 1, front, 0, RO_HOST, ADDR[2]);
         let st = unmapper.join().unwrap();
         let c = mapper.join().unwrap();
 
@@ -158,28 +140,13 @@ fn map_vs_unmap_last() {
     model(move || {
         let hv = hypervisor::<Fast>();
         let (front, back) = pair(&hv, 2, 1);
-        hv.guest(front)
-            .unwrap()
-            .grant_access(GrantRef(0), back, GFN, true)
-            .unwrap();
+        grant(&hv, front, 0, back, GFN, true);
         let mfn = granted_mfn(&hv, front);
         let a = map_ok(&hv, back, 0, front, 0, RO_HOST, ADDR[0]);
         assert!(is_fast(a.handle), "first map of a gref must be fast: {a:?}");
 
-        let unmapper = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 0).unwrap();
-                unmap(&mut cx, a.handle, ADDR[0], 0)
-            })
-        };
-        let mapper = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 1).unwrap();
-                map(&mut cx, front, 0, RO_HOST, ADDR[1])
-            })
-        };
+        let unmapper = spawn_unmap(&hv, back, 0, a.handle, ADDR[0], 0);
+        let mapper = spawn_map(&hv, back, 1, front, 0, RO_HOST, ADDR[1]);
         let st = unmapper.join().unwrap();
         let c = mapper.join().unwrap();
 

@@ -71,13 +71,7 @@ fn map_vs_unmap_one_bfn() {
                 (st, hv.dma_write(back, a_bus, &[]))
             })
         };
-        let mapper = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 1).unwrap();
-                map(&mut cx, front, 1, DEV_RO, 0)
-            })
-        };
+        let mapper = spawn_map(&hv, back, 1, front, 1, DEV_RO, 0);
         let (st, dma) = unmapper.join().unwrap();
         let b = mapper.join().unwrap();
 
@@ -209,13 +203,7 @@ fn alloc_vs_drain() {
                 [a, b]
             })
         };
-        let drainer = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 1).unwrap();
-                map(&mut cx, front, 1, DEV_RO, 0)
-            })
-        };
+        let drainer = spawn_map(&hv, back, 1, front, 1, DEV_RO, 0);
         let [a, b] = owner.join().unwrap();
         let c = drainer.join().unwrap();
 

@@ -44,20 +44,8 @@ fn map_rw_vs_unmap_ro() {
         assert_eq!(r.dev_bus_addr, mfn.addr(), "BFN == MFN");
         let f0 = iotlb_flushes(&hv, back);
 
-        let writer = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 0).unwrap();
-                map(&mut cx, front, 0, GntMap::DEVICE_MAP, 0)
-            })
-        };
-        let reader = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 1).unwrap();
-                unmap(&mut cx, r.handle, 0, r.dev_bus_addr)
-            })
-        };
+        let writer = spawn_map(&hv, back, 0, front, 0, GntMap::DEVICE_MAP, 0);
+        let reader = spawn_unmap(&hv, back, 1, r.handle, 0, r.dev_bus_addr);
         let w = writer.join().unwrap();
         let st = reader.join().unwrap();
 
@@ -105,13 +93,7 @@ fn unmap_rw_vs_map_ro() {
         let w = map_ok(&hv, back, 0, front, 0, GntMap::DEVICE_MAP, 0);
         let f0 = iotlb_flushes(&hv, back);
 
-        let writer = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 0).unwrap();
-                unmap(&mut cx, w.handle, 0, w.dev_bus_addr)
-            })
-        };
+        let writer = spawn_unmap(&hv, back, 0, w.handle, 0, w.dev_bus_addr);
         let reader = {
             let hv = hv.clone();
             thread::spawn(move || {

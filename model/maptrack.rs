@@ -25,10 +25,7 @@ fn pop_vs_put() {
     model(move || {
         let hv = hypervisor::<Xen>();
         let (front, back) = pair(&hv, 2, 1);
-        hv.guest(front)
-            .unwrap()
-            .grant_access(GrantRef(0), back, GFN, true)
-            .unwrap();
+        grant(&hv, front, 0, back, GFN, true);
         let live: Vec<MapGrantRef> = (0..3)
             .map(|i| map_ok(&hv, back, 0, front, 0, RO_HOST, ADDR[i]))
             .collect();
@@ -115,10 +112,7 @@ fn pop_vs_steal_vs_put() {
     model(move || {
         let hv = hypervisor::<Xen>();
         let (front, back) = pair(&hv, 3, 2);
-        hv.guest(front)
-            .unwrap()
-            .grant_access(GrantRef(0), back, GFN, true)
-            .unwrap();
+        grant(&hv, front, 0, back, GFN, true);
         let mut live = Vec::new();
         for (i, v) in [1u16, 1, 1, 0, 0].into_iter().enumerate() {
             live.push(map_ok(&hv, back, v, front, 0, RO_HOST, ADDR[i]));
@@ -129,20 +123,8 @@ fn pop_vs_steal_vs_put() {
             "set-up handles"
         );
 
-        let popper = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 0).unwrap();
-                map(&mut cx, front, 0, RO_HOST, ADDR[5])
-            })
-        };
-        let thief = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 1).unwrap();
-                map(&mut cx, front, 0, RO_HOST, ADDR[6])
-            })
-        };
+        let popper = spawn_map(&hv, back, 0, front, 0, RO_HOST, ADDR[5]);
+        let thief = spawn_map(&hv, back, 1, front, 0, RO_HOST, ADDR[6]);
         let putter = {
             let hv = hv.clone();
             let h = live[3].handle;

@@ -174,13 +174,7 @@ fn put_vs_audit() {
         let a = dev_map(&hv, back, 1, front, 0);
         assert_eq!(idle(&hv, back), 0, "the only unit is held");
 
-        let unmapper = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 1).unwrap();
-                unmap(&mut cx, a.handle, 0, a.dev_bus_addr)
-            })
-        };
+        let unmapper = spawn_unmap(&hv, back, 1, a.handle, 0, a.dev_bus_addr);
         let arrival = std::sync::Arc::new(Arrival::default());
         let mapper = spawn_map(&hv, back, 0, front, 1, &arrival);
         let st = unmapper.join().unwrap();

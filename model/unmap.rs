@@ -16,10 +16,7 @@ fn unmap_host_vs_unmap_device<D: Design>() {
     model(|| {
         let hv = hypervisor::<D>();
         let (front, back) = pair(&hv, 2, 1);
-        hv.guest(front)
-            .unwrap()
-            .grant_access(GrantRef(0), back, GFN, false)
-            .unwrap();
+        grant(&hv, front, 0, back, GFN, false);
         let m = map_ok(
             &hv,
             back,
@@ -35,20 +32,8 @@ fn unmap_host_vs_unmap_device<D: Design>() {
             "host and device writable pins"
         );
 
-        let host = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 0).unwrap();
-                unmap(&mut cx, m.handle, ADDR[0], 0)
-            })
-        };
-        let device = {
-            let hv = hv.clone();
-            thread::spawn(move || {
-                let mut cx = hv.vcpu(back, 1).unwrap();
-                unmap(&mut cx, m.handle, 0, m.dev_bus_addr)
-            })
-        };
+        let host = spawn_unmap(&hv, back, 0, m.handle, ADDR[0], 0);
+        let device = spawn_unmap(&hv, back, 1, m.handle, 0, m.dev_bus_addr);
         let sh = host.join().unwrap();
         let sd = device.join().unwrap();
 
@@ -86,10 +71,7 @@ fn unmap_vs_unmap<D: Design>() {
     model(move || {
         let hv = hypervisor::<D>();
         let (front, back) = pair(&hv, 2, 1);
-        hv.guest(front)
-            .unwrap()
-            .grant_access(GrantRef(0), back, GFN, false)
-            .unwrap();
+        grant(&hv, front, 0, back, GFN, false);
         let m = map_ok(&hv, back, 0, front, 0, GntMap::HOST_MAP, ADDR[0]);
 
         let racers: Vec<_> = [0u16, 1]

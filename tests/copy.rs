@@ -15,29 +15,8 @@
 mod common;
 use common::*;
 
-const SRC: GrantRef = GrantRef(1);
-const DST: GrantRef = GrantRef(2);
-
-/// Rig with `a`'s gfn 1 (pattern 1) granted read-only as `SRC`, gfn 2 (pattern 2) writable as
-/// `DST`, and the mapper's gfns 5..=9 filled with patterns 5..=9.
-fn rig<D: Design>() -> Rig<D> {
-    let r = Rig::<D>::new();
-    r.ga().write_page(Gfn(1), 0, &pattern(1, 4096)).unwrap();
-    r.ga().write_page(Gfn(2), 0, &pattern(2, 4096)).unwrap();
-    for g in 5..=9u8 {
-        r.gb()
-            .write_page(Gfn(g.into()), 0, &pattern(g, 4096))
-            .unwrap();
-    }
-    r.grant(SRC, Gfn(1), true);
-    r.grant(DST, Gfn(2), false);
-    r
-}
-
-/// `(refcount, writable_types)` of `dom`'s frames at `gfns`.
-fn counts_of<D: Design>(r: &Rig<D>, dom: DomId, gfns: &[u64]) -> Vec<(u32, u32)> {
-    gfns.iter().map(|&g| r.counts(r.mfn(dom, Gfn(g)))).collect()
-}
+const SRC: GrantRef = COPY_SRC;
+const DST: GrantRef = COPY_DST;
 
 /// Runs one single-element copy and asserts its status and that nothing changed.
 #[track_caller]
@@ -56,12 +35,12 @@ fn refused<D: Design>(r: &Rig<D>, op: GnttabCopy, want: GntSt) {
 /// grant, own frame to own frame; one batch each, then all four in one batch. Afterwards no
 /// pin, no status bit and no extra page reference remains, and every grant can be ended.
 fn copy_moves_bytes<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let c = r.add_domain(DomainConfig::new("c"));
     let gc = r.guest(c);
     gc.grant_access(GrantRef(3), r.b, Gfn(3), false).unwrap();
-    let base_a = counts_of(&r, r.a, &[1, 2]);
-    let base_b = counts_of(&r, r.b, &[5, 6, 7]);
+    let base_a = r.counts_of(r.a, [1, 2]);
+    let base_b = r.counts_of(r.b, [5, 6, 7]);
     let base_c = r.counts(r.mfn(c, Gfn(3)));
     let src = pattern(1, 4096);
     let six = pattern(6, 4096);
@@ -109,8 +88,8 @@ fn copy_moves_bytes<D: Design>() {
         assert_eq!(r.status_bits(g), 0);
     }
     assert_eq!(r.pins_of(c, GrantRef(3)), [0; 4]);
-    assert_eq!(counts_of(&r, r.a, &[1, 2]), base_a);
-    assert_eq!(counts_of(&r, r.b, &[5, 6, 7]), base_b);
+    assert_eq!(r.counts_of(r.a, [1, 2]), base_a);
+    assert_eq!(r.counts_of(r.b, [5, 6, 7]), base_b);
     assert_eq!(r.counts(r.mfn(c, Gfn(3))), base_c);
     assert!(r.ga().end_access(SRC).unwrap());
     assert!(r.ga().end_access(DST).unwrap());
@@ -126,7 +105,7 @@ fn copy_moves_bytes<D: Design>() {
 /// gref and frame sides (the buffers were claimed and are released again); the boundary cases
 /// work.
 fn copy_bad_copy_arg<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     for (so, doff, len) in [
         (4000u16, 0u16, 200u16),
@@ -166,7 +145,7 @@ fn copy_bad_copy_arg<D: Design>() {
 /// Step 2: a grant side naming a domain that does not exist is `bad_domain`; the source side
 /// is looked up before the destination side, each after its own frame-side permission check.
 fn copy_bad_domain<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     for bad in [DomId(999), DomId(0x7FEF), DomId::INVALID, DomId::IO] {
         refused(&r, cp_gf(bad, SRC, 0, Gfn(5), 0, 8), GntSt::BadDomain);
@@ -189,7 +168,7 @@ fn copy_bad_domain<D: Design>() {
 /// `acquire_grant_for_copy`: a ref at or beyond the table's entry count is `bad_gntref`, on
 /// either side; after growth the same ref is in range (and, not granted, `general_error`).
 fn copy_bad_gntref<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     let n = r.hv.config().entries_per_frame;
     for bad in [n, n + 1, 1 << 16, u32::MAX] {
@@ -217,7 +196,7 @@ fn copy_bad_gntref<D: Design>() {
 /// numeric id included, and a domain that does not exist: the check comes before the lookup)
 /// is `permission_denied`, on either side.
 fn copy_permission_denied<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     for dom in [r.b, r.a, DomId(999), DomId::IO] {
         let mut op = cp_ff(Gfn(5), 0, Gfn(6), 0, 8);
         op.source.domid = dom;
@@ -241,7 +220,7 @@ fn copy_permission_denied<D: Design>() {
 /// frame (own or granted) holding a non-writable type, and an entry pinned by another grantee
 /// (the granter rewrote its domid while it was mapped: the active entry's domid decides).
 fn copy_general_error<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let (a, ga) = (r.a, r.ga());
     let c = r.add_domain(DomainConfig::new("c"));
     r.grant_to(GrantRef(21), c, Gfn(21), false);
@@ -302,7 +281,7 @@ fn copy_general_error<D: Design>() {
 /// side (source or destination grant) and on the caller's own side; the status bits set for
 /// the attempt are rolled back.
 fn copy_eagain_and_bad_page<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     // Paged out.
     for (dom, gfn) in [(r.a, Gfn(1)), (r.a, Gfn(2)), (r.b, Gfn(5))] {
@@ -344,7 +323,7 @@ fn copy_eagain_and_bad_page<D: Design>() {
 /// Step 1: `len == 0` is `okay` whatever the other fields say, and touches nothing (not even
 /// the unnormalized snapshot).
 fn copy_len_zero_is_okay<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let raw = r.hv.snapshot();
     let before = r.snap();
     let garbage = [
@@ -385,7 +364,7 @@ fn copy_len_zero_is_okay<D: Design>() {
 /// consecutive elements naming it, a destination grant likewise with a write pin and
 /// `GTF_writing`; everything is released at the end of the batch.
 fn copy_buffers_cached_across_batch<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     let (m1, m2) = (r.mfn(r.a, Gfn(1)), r.mfn(r.a, Gfn(2)));
     let (c1, c2) = (r.counts(m1), r.counts(m2));
@@ -436,7 +415,7 @@ fn copy_buffers_cached_across_batch<D: Design>() {
 /// A failed element releases both cached buffers (before the next element the grant is no
 /// longer pinned and has no status bits), whichever side failed; the batch carries on.
 fn copy_failed_element_releases<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     let m1 = r.mfn(r.a, Gfn(1));
     let c1 = r.counts(m1);
@@ -477,7 +456,7 @@ fn copy_failed_element_releases<D: Design>() {
 /// bytes are visible through the mappings. A third domain cannot copy the grants the caller
 /// holds pinned.
 fn copy_between_mapped_grants<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     let c = r.add_domain(DomainConfig::new("c"));
     let ms = r.map_ok(SRC, HOST_RO, va(1));
@@ -522,7 +501,7 @@ fn copy_between_mapped_grants<D: Design>() {
 /// The granter ends access while a batch holds its grant: the compare-exchange fails (the
 /// entry keeps its flags) as long as the batch holds it, and succeeds after the batch.
 fn copy_granter_ends_access_mid_batch<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     let ops = vec![
         cp_gg(a, SRC, 0, a, DST, 0, 8),
@@ -550,7 +529,7 @@ fn copy_granter_ends_access_mid_batch<D: Design>() {
 /// copying from the frame it pinned (no reference is taken on, and nothing read from, the new
 /// one); the next batch uses the new frame. Page references end at their baselines.
 fn copy_granter_rewrites_entry_mid_batch<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     r.ga().write_page(Gfn(9), 0, &pattern(99, 64)).unwrap();
     let (m1, m9) = (r.mfn(r.a, Gfn(1)), r.mfn(r.a, Gfn(9)));
@@ -585,7 +564,7 @@ fn copy_granter_rewrites_entry_mid_batch<D: Design>() {
 /// `bad_domain`; an unpinned grant's page is gone (`bad_page`); nothing changes. After the
 /// caller unmaps, the zombie is destroyed and the domain is unknown.
 fn copy_from_dying_granter<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     r.grant(GrantRef(3), Gfn(3), false);
     let ms = r.map_ok(SRC, HOST_RO, va(1));
@@ -626,7 +605,7 @@ fn copy_from_dying_granter<D: Design>() {
 /// reuses cached buffers still gives every element its real status exactly once (the hook is
 /// reached once per boundary), moves the right bytes, and leaves nothing held.
 fn copy_preempted_everywhere<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     let n = 40usize;
     let ops: Vec<GnttabCopy> = (0..n)

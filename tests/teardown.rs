@@ -86,15 +86,6 @@ fn run_checked<D: Design>(
     t.stats()
 }
 
-/// `(refcount, writable types)` of `dom`'s frames for `gfns`.
-fn counts_of<D: Design>(
-    r: &Rig<D>,
-    dom: DomId,
-    gfns: impl Iterator<Item = u64>,
-) -> Vec<(u32, u32)> {
-    gfns.map(|g| r.counts(r.mfn(dom, Gfn(g)))).collect()
-}
-
 // ---------------------------------------------------------------------------------------
 // The dying domain as mapper
 // ---------------------------------------------------------------------------------------
@@ -116,7 +107,7 @@ fn mapper_teardown_releases_everything<D: Design>() {
     r.gb()
         .grant_access(GrantRef(7), r.b, Gfn(7), false)
         .unwrap();
-    let base_a = counts_of(&r, r.a, 1..=200);
+    let base_a = r.counts_of(r.a, 1..=200);
     let own = r.mfn(r.b, Gfn(7));
     let ro = |i: u32| i % 7 == 3;
     let mut live = 0u64;
@@ -189,7 +180,7 @@ fn mapper_teardown_releases_everything<D: Design>() {
         assert_eq!(r.status_bits(GrantRef(i)), 0, "g{i}");
         assert!(r.ga().end_access(GrantRef(i)).unwrap(), "g{i}");
     }
-    assert_eq!(counts_of(&r, r.a, 1..=200), base_a);
+    assert_eq!(r.counts_of(r.a, 1..=200), base_a);
     // The mapper's own granted frame is freed with it (its allocation reference and the
     // own-grant mapping's references are all gone).
     assert_eq!(

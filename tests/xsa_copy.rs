@@ -17,24 +17,8 @@ use std::thread;
 /// A status `GNTTABOP_copy` never returns, to pre-fill outputs with (the scenario's 0x7FFF).
 const GARBAGE: GntSt = GntSt::AddressTooBig;
 
-const SRC: GrantRef = GrantRef(1);
-const DST: GrantRef = GrantRef(2);
-
-/// Rig with `a`'s gfn 1 (pattern 1) granted read-only as `SRC`, gfn 2 (pattern 2) writable as
-/// `DST`, and the mapper's gfns 5..=9 filled with patterns 5..=9.
-fn rig<D: Design>() -> Rig<D> {
-    let r = Rig::<D>::new();
-    r.ga().write_page(Gfn(1), 0, &pattern(1, 4096)).unwrap();
-    r.ga().write_page(Gfn(2), 0, &pattern(2, 4096)).unwrap();
-    for g in 5..=9u8 {
-        r.gb()
-            .write_page(Gfn(g.into()), 0, &pattern(g, 4096))
-            .unwrap();
-    }
-    r.grant(SRC, Gfn(1), true);
-    r.grant(DST, Gfn(2), false);
-    r
-}
+const SRC: GrantRef = COPY_SRC;
+const DST: GrantRef = COPY_DST;
 
 /// Sets the flag when dropped (stops a helper loop even if the main thread panics).
 struct SetOnDrop<'a>(&'a AtomicBool);
@@ -125,7 +109,7 @@ fn simulate(mem: &mut std::collections::BTreeMap<u64, Vec<u8>>, ops: &[GnttabCop
 /// again changes the bytes) and feeds the next, and the result must equal one in-order pass.
 /// The same through grant sides, and with a failing element in the middle.
 fn xsa318_copy_continuation<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     for preempt in [&[][..], &[1], &[2], &[1, 2]] {
         // Own frames 5 and 6.
@@ -217,7 +201,7 @@ fn xsa318_copy_continuation<D: Design>() {
 /// too), nothing changed at all (raw snapshot). Mixed into a batch with real copies they do not
 /// disturb them.
 fn xsa448_zero_length_copies<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     let garbage = vec![
         cp_gg(
@@ -290,7 +274,7 @@ fn xsa448_zero_length_copies<D: Design>() {
 /// F2 are not written, `GTF_writing` is not left set, the read-only mapping is intact, and A
 /// can end access after B unmaps.
 fn xsa500_copy_upgrade_checked<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     let g1 = GrantRef(10);
     r.ga().write_page(Gfn(10), 0, &pattern(10, 4096)).unwrap();
@@ -360,7 +344,7 @@ fn xsa500_copy_upgrade_checked<D: Design>() {
 /// keeps `GTF_writing` after a copy into (and from) it; the granter cannot end access until
 /// the device maps go.
 fn xsa230_copy_release_keeps_device_pins<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     let (g, gw) = (GrantRef(12), GrantRef(13));
     r.grant(g, Gfn(12), false);
@@ -411,7 +395,7 @@ fn xsa230_copy_release_keeps_device_pins<D: Design>() {
 /// granter keeps ending and re-granting its grant concurrently, copies either work or fail
 /// cleanly and the counts still end at their baselines.
 fn xsa236_refcounts_back_to_baseline<D: Design>() {
-    let r = rig::<D>();
+    let r = copy_rig::<D>();
     let a = r.a;
     let frames: Vec<Mfn> = [(r.a, 1), (r.a, 2), (r.b, 5), (r.b, 6), (r.b, 7)]
         .iter()

@@ -159,18 +159,12 @@ pub(crate) fn select_slot(
 }
 
 /// The tests of [`select_slot`] in order (compared lexicographically).
-pub(crate) type SlotRank = (bool, bool, bool, bool, bool);
+type SlotRank = (bool, bool, bool, bool, bool);
 
 /// The ranking tuple of [`select_slot`] for a live slot with flags `f` recorded at
 /// (`host`, `bus`), for an op naming (`host_addr`, `dev_bus_addr`): larger is better.
 #[inline]
-pub(crate) fn slot_rank(
-    f: GntMap,
-    host: u64,
-    bus: u64,
-    host_addr: u64,
-    dev_bus_addr: u64,
-) -> SlotRank {
+fn slot_rank(f: GntMap, host: u64, bus: u64, host_addr: u64, dev_bus_addr: u64) -> SlotRank {
     let has_host = f.contains(GntMap::HOST_MAP);
     let has_dev = f.contains(GntMap::DEVICE_MAP);
     let (want_host, want_dev) = (host_addr != 0, dev_bus_addr != 0);

@@ -12,36 +12,25 @@ pub struct Builtin {
     pub source: &'static str,
 }
 
+/// A built-in scenario: its name and the text of `scenarios/<name>.toml`.
+macro_rules! builtin {
+    ($name:literal) => {
+        Builtin {
+            name: $name,
+            source: include_str!(concat!("../../scenarios/", $name, ".toml")),
+        }
+    };
+}
+
 /// Every built-in scenario, in `gntsim list` order.
 pub const BUILTINS: &[Builtin] = &[
-    Builtin {
-        name: "default",
-        source: include_str!("../../scenarios/default.toml"),
-    },
-    Builtin {
-        name: "netback",
-        source: include_str!("../../scenarios/netback.toml"),
-    },
-    Builtin {
-        name: "blkback",
-        source: include_str!("../../scenarios/blkback.toml"),
-    },
-    Builtin {
-        name: "churn",
-        source: include_str!("../../scenarios/churn.toml"),
-    },
-    Builtin {
-        name: "teardown",
-        source: include_str!("../../scenarios/teardown.toml"),
-    },
-    Builtin {
-        name: "adversarial",
-        source: include_str!("../../scenarios/adversarial.toml"),
-    },
-    Builtin {
-        name: "iommu",
-        source: include_str!("../../scenarios/iommu.toml"),
-    },
+    builtin!("default"),
+    builtin!("netback"),
+    builtin!("blkback"),
+    builtin!("churn"),
+    builtin!("teardown"),
+    builtin!("adversarial"),
+    builtin!("iommu"),
 ];
 
 /// The built-in scenario called `name`.

@@ -33,6 +33,20 @@ fn e<E: std::fmt::Display>(x: E) -> String {
     x.to_string()
 }
 
+/// Draws the series labels of `chart` at `pos`, in the style every chart uses.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    pos: SeriesLabelPosition,
+) -> Res<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(pos)
+        .draw()
+        .map_err(e)
+}
+
 /// Writes the charts into `dir` (created if needed); returns the files written.
 pub fn write_all(report: &Report, dir: &Path) -> Res<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|x| format!("creating {}: {x}", dir.display()))?;
@@ -179,13 +193,7 @@ fn over_time(report: &Report, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Res<
             .label(r.design.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
@@ -281,13 +289,7 @@ fn cdf_panel(
             ))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
@@ -360,13 +362,7 @@ fn teardown(report: &Report, path: &Path) -> Res<()> {
                 Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.mix(0.6).filled())
             });
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(e)?;
     Ok(())
 }

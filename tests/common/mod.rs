@@ -389,6 +389,13 @@ impl<D: Design> Rig<D> {
         (f.refcount, f.writable_types)
     }
 
+    /// [`counts`](Self::counts) of `dom`'s frames at `gfns`.
+    pub fn counts_of(&self, dom: DomId, gfns: impl IntoIterator<Item = u64>) -> Vec<(u32, u32)> {
+        gfns.into_iter()
+            .map(|g| self.counts(self.mfn(dom, Gfn(g))))
+            .collect()
+    }
+
     /// Pin counters `[hstw, hstr, devw, devr]` of the granter's `gref`.
     pub fn pins(&self, gref: GrantRef) -> [u32; 4] {
         self.hv
@@ -832,4 +839,26 @@ impl<D: Design> Rig<D> {
         let d = self.hv.domain(dom).expect("domain");
         d.quota().map(|q| (q.limit(), q.idle()))
     }
+}
+
+/// The source grant of [`copy_rig`] (read-only).
+pub const COPY_SRC: GrantRef = GrantRef(1);
+/// The destination grant of [`copy_rig`] (writable).
+pub const COPY_DST: GrantRef = GrantRef(2);
+
+/// Rig for copy tests: `a`'s gfn 1 (pattern 1) granted read-only as [`COPY_SRC`], gfn 2
+/// (pattern 2) writable as [`COPY_DST`], and the mapper's gfns 5..=9 filled with patterns
+/// 5..=9.
+pub fn copy_rig<D: Design>() -> Rig<D> {
+    let r = Rig::<D>::new();
+    r.ga().write_page(Gfn(1), 0, &pattern(1, 4096)).unwrap();
+    r.ga().write_page(Gfn(2), 0, &pattern(2, 4096)).unwrap();
+    for g in 5..=9u8 {
+        r.gb()
+            .write_page(Gfn(g.into()), 0, &pattern(g, 4096))
+            .unwrap();
+    }
+    r.grant(COPY_SRC, Gfn(1), true);
+    r.grant(COPY_DST, Gfn(2), false);
+    r
 }
